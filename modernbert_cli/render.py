@@ -1,0 +1,435 @@
+"""Every output format, in one place: Rich tables for people, clean data for programs.
+
+Which format is used is decided by :func:`choose_format`; where the bytes go (stdout,
+or a file written atomically) by :func:`open_output`. Renderers take plain data
+(texts, numpy arrays, :class:`~modernbert_cli.scoring.Hit` lists) and a stream.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from modernbert_cli.errors import OutputError, StdoutClosed, UsageError
+from modernbert_cli.inputs import Text
+from modernbert_cli.scoring import Hit
+
+EMBED_FORMATS = ("table", "jsonl", "json", "csv", "tsv", "npy")
+SIMILAR_FORMATS = ("table", "jsonl", "json", "csv", "tsv")
+MATRIX_FORMATS = ("table", "list", "jsonl", "json", "csv", "tsv", "npy")
+
+_SUFFIX_FORMATS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".npy": "npy",
+    ".txt": "table",
+}
+
+# Beyond this a matrix table cannot be read on a screen; a file format is suggested.
+MAX_TABLE_ROWS = 200
+_MATRIX_CELL_WIDTH = 7  # " 0.123 " per column
+
+
+def choose_format(
+    requested: str | None,
+    output: str | None,
+    allowed: Sequence[str],
+    piped_default: str,
+    stdout_is_terminal: bool,
+) -> str:
+    """``--format`` wins; else the output file's extension; else table on a terminal."""
+    if requested is not None:
+        fmt = requested
+    elif output is not None:
+        fmt = _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "")
+        if not fmt:
+            raise UsageError(
+                f"-o {output}: cannot tell the format from the extension; add --format "
+                f"({', '.join(allowed)})"
+            )
+    else:
+        fmt = "table" if stdout_is_terminal else piped_default
+    if fmt not in allowed:
+        raise UsageError(f"--format {fmt} is not available here (choose from {', '.join(allowed)})")
+    if fmt == "npy" and output is None:
+        raise UsageError("--format npy writes binary data: give a file with -o FILE.npy")
+    return fmt
+
+
+@contextmanager
+def open_output(path: str | None, binary: bool = False) -> Iterator[IO[Any]]:
+    """stdout, or ``path`` written atomically: a failure half-way leaves no partial file."""
+    if path is None or path == "-":
+        try:
+            yield sys.stdout.buffer if binary else sys.stdout
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"-o {path}: is a directory")
+    directory = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise OutputError(f"-o {path}: cannot write there ({error.strerror or error})") from None
+    try:
+        mode = "wb" if binary else "w"
+        encoding = None if binary else "utf-8"
+        newline = None if binary else ""
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as stream:
+            yield stream
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"-o {path}: cannot write ({error.strerror or error})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _console(stream: IO[str]) -> Any:
+    from rich.console import Console
+
+    # Rich decides colour from the stream: none when it is not a terminal or
+    # NO_COLOR is set. Files get a fixed, comfortable width.
+    is_stdout = stream is sys.stdout
+    return Console(
+        file=stream,
+        highlight=False,
+        soft_wrap=False,
+        width=None if is_stdout else 120,
+        force_terminal=None if is_stdout else False,
+    )
+
+
+def _line(text: str, style: str = "") -> Any:
+    """A table cell that stays on one line, cut with an ellipsis to the column's width.
+
+    The column itself is left wrappable so Rich shrinks it (and not the score
+    columns) when the terminal is narrow.
+    """
+    from rich.text import Text as RichText
+
+    return RichText(text.replace("\n", " "), style=style, no_wrap=True, overflow="ellipsis")
+
+
+def _tsv_field(text: str) -> str:
+    """TSV cannot quote: tabs, newlines and backslashes are escaped (\\t, \\n, \\\\)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _row_writer(stream: IO[str], fmt: str):
+    if fmt == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        return writer.writerow
+
+    def write_tsv(row: Sequence[Any]) -> None:
+        stream.write("\t".join(_tsv_field(str(cell)) for cell in row) + "\n")
+
+    return write_tsv
+
+
+def _json_line(stream: IO[str], record: dict[str, Any]) -> None:
+    stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# --- embed -------------------------------------------------------------------------------
+
+
+def write_embeddings(
+    stream: IO[Any], fmt: str, texts: Sequence[Text], embeddings: Any, model_name: str
+) -> None:
+    """Write one embedding per text in ``fmt``."""
+    import numpy as np
+
+    if fmt == "npy":
+        np.save(stream, embeddings)
+        return
+    if fmt == "table":
+        _embeddings_table(stream, texts, embeddings, model_name)
+        return
+    records = (
+        {"text": t.text, "source": t.source, "model": model_name, "embedding": e.tolist()}
+        for t, e in zip(texts, embeddings, strict=True)
+    )
+    if fmt == "jsonl":
+        for record in records:
+            _json_line(stream, record)
+    elif fmt == "json":
+        json.dump(list(records), stream, ensure_ascii=False)
+        stream.write("\n")
+    else:
+        write = _row_writer(stream, fmt)
+        write(["text", "source", *(f"dim_{i}" for i in range(embeddings.shape[1]))])
+        for t, e in zip(texts, embeddings, strict=True):
+            write([t.text, t.source, *e.tolist()])
+
+
+def _embeddings_table(stream: IO[str], texts: Sequence[Text], embeddings: Any, model: str) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+    table = Table(title=f"{len(texts)} embedding(s) · {model}", title_justify="left")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("text", ratio=1)
+    table.add_column("source", max_width=28)
+    table.add_column("dims", justify="right")
+    table.add_column("norm", justify="right")
+    table.add_column("first values", no_wrap=True)
+    for i, (t, e, n) in enumerate(zip(texts, embeddings, norms, strict=True), 1):
+        head = " ".join(_short_number(v) for v in e[:4].tolist())
+        table.add_row(
+            str(i), _line(t.text), _line(t.source, "cyan"), str(e.shape[0]), f"{n:.4f}", head + " …"
+        )
+    _console(stream).print(table)
+
+
+def _short_number(value: float | int) -> str:
+    return f"{value:+.4f}" if isinstance(value, float) else str(value)
+
+
+# --- similar -----------------------------------------------------------------------------
+
+
+def write_hits(
+    stream: IO[str],
+    fmt: str,
+    queries: Sequence[Text],
+    results: Sequence[Sequence[Hit]],
+    corpus: Sequence[Text],
+    metric: str,
+) -> None:
+    """Write ranked results, best first, one block per query."""
+    if fmt == "table":
+        console = _console(stream)
+        for query, hits in zip(queries, results, strict=True):
+            console.print(_hits_table(query, hits, corpus, metric))
+        return
+    rows = (
+        {
+            "query": q.text,
+            "rank": h.rank,
+            "score": h.score,
+            "text": corpus[h.index].text,
+            "source": corpus[h.index].source,
+        }
+        for q, hits in zip(queries, results, strict=True)
+        for h in hits
+    )
+    if fmt == "jsonl":
+        for row in rows:
+            _json_line(stream, row)
+    elif fmt == "json":
+        json.dump(list(rows), stream, ensure_ascii=False)
+        stream.write("\n")
+    else:
+        write = _row_writer(stream, fmt)
+        write(["query", "rank", "score", "text", "source"])
+        for row in rows:
+            write(list(row.values()))
+
+
+def _hits_table(query: Text, hits: Sequence[Hit], corpus: Sequence[Text], metric: str) -> Any:
+    from rich.table import Table
+    from rich.text import Text as RichText
+
+    table = Table(title=f"[bold]{_escape(query.text)}[/] · {metric}", title_justify="left")
+    table.add_column("rank", justify="right", style="dim")
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)  # the bar
+    table.add_column("text", ratio=1)
+    table.add_column("source", max_width=28)
+    if not hits:
+        table.caption = "no results above the threshold"
+    scores = [h.score for h in hits]
+    low, high = _bar_range(scores, metric)
+    for hit in hits:
+        fraction = (hit.score - low) / (high - low) if high > low else 1.0
+        colour = _score_colour(fraction)
+        table.add_row(
+            str(hit.rank),
+            RichText(f"{hit.score:.4f}", style=colour),
+            RichText(_bar(fraction), style=colour),
+            _line(corpus[hit.index].text),
+            _line(corpus[hit.index].source, "cyan"),
+        )
+    return table
+
+
+def _bar_range(scores: Sequence[float], metric: str) -> tuple[float, float]:
+    """Cosine has a natural 0..1 scale; other metrics are drawn relative to the results."""
+    if metric == "cosine" or not scores:
+        return 0.0, 1.0
+    return min(min(scores), 0.0) if metric == "dot" else min(scores), max(scores)
+
+
+def _bar(fraction: float, width: int = 10) -> str:
+    cells = round(max(0.0, min(1.0, fraction)) * width)
+    return "█" * cells + "░" * (width - cells)
+
+
+def _score_colour(fraction: float) -> str:
+    return "green" if fraction >= 0.6 else "yellow" if fraction >= 0.3 else "red"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+# --- matrix ------------------------------------------------------------------------------
+
+
+def check_table_fits(rows: int, columns: int, width: int) -> None:
+    """Refuse a matrix table that no screen can show, before any work is done."""
+    max_columns = max(1, (width - 24) // _MATRIX_CELL_WIDTH)
+    if rows > MAX_TABLE_ROWS or columns > max_columns:
+        raise UsageError(
+            f"a {rows}×{columns} matrix does not fit a {width}-column terminal table; "
+            "write a file instead, e.g. --format csv -o scores.csv (or tsv, json, npy)"
+        )
+
+
+def write_matrix(
+    stream: IO[Any], fmt: str, rows: Sequence[Text], columns: Sequence[Text], scores: Any
+) -> None:
+    """Write an all-pairs score matrix (``scores[i, j]`` for rows[i], columns[j])."""
+    import numpy as np
+
+    if fmt == "npy":
+        np.save(stream, scores)
+    elif fmt == "table":
+        _matrix_table(stream, rows, columns, scores)
+    elif fmt == "list":
+        for i, row in enumerate(rows):
+            stream.write(row.text + "\n")
+            for j, column in enumerate(columns):
+                if rows is columns and i == j:
+                    continue
+                stream.write(f" - {scores[i, j]:.4f}: {_head(column.text, 100)}\n")
+            stream.write("\n")
+    elif fmt == "json":
+        json.dump(
+            {
+                "rows": [t.text for t in rows],
+                "columns": [t.text for t in columns],
+                "scores": scores.tolist(),
+            },
+            stream,
+            ensure_ascii=False,
+        )
+        stream.write("\n")
+    elif fmt == "jsonl":
+        for i, row in enumerate(rows):
+            _json_line(
+                stream, {"text": row.text, "source": row.source, "scores": scores[i].tolist()}
+            )
+    else:
+        # Streams row by row: a large matrix never exists as text in memory.
+        write = _row_writer(stream, fmt)
+        write(["", *(t.text for t in columns)])
+        for row, values in zip(rows, scores, strict=True):
+            write([row.text, *values.tolist()])
+
+
+def _head(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _matrix_table(
+    stream: IO[str], rows: Sequence[Text], columns: Sequence[Text], scores: Any
+) -> None:
+    from rich.table import Table
+    from rich.text import Text as RichText
+
+    low, high = float(scores.min()), float(scores.max())
+    table = Table(title=f"similarity, {len(rows)}×{len(columns)}", title_justify="left")
+    table.add_column("", ratio=1, min_width=12)
+    for j in range(len(columns)):
+        table.add_column(str(j + 1), justify="right", no_wrap=True)
+    for i, row in enumerate(rows):
+        cells = [RichText(f"{v:.3f}", style=_heat(v, low, high)) for v in scores[i].tolist()]
+        label = f"{i + 1} {row.text}" if rows is columns else row.text
+        table.add_row(_line(label), *cells)
+    console = _console(stream)
+    console.print(table)
+    if rows is not columns:
+        legend = Table.grid(padding=(0, 1))
+        for j, column in enumerate(columns, 1):
+            legend.add_row(RichText(str(j), style="dim"), _line(column.text))
+        console.print(legend)
+
+
+def _heat(value: float, low: float, high: float) -> str:
+    """A heat-map cell: cool blue for the lowest score, hot red for the highest."""
+    fraction = (value - low) / (high - low) if high > low else 1.0
+    palette = ["bright_blue", "cyan", "green", "yellow", "bright_red"]
+    return "bold " + palette[min(len(palette) - 1, int(fraction * len(palette)))]
+
+
+# --- matrix --pairwise -------------------------------------------------------------------
+
+
+def write_pairs(
+    stream: IO[Any], fmt: str, a: Sequence[Text], b: Sequence[Text], scores: Any
+) -> None:
+    """Write one score per pair, in input order."""
+    import numpy as np
+
+    if fmt == "npy":
+        np.save(stream, scores)
+        return
+    triples = zip(a, b, scores.tolist(), strict=True)
+    if fmt == "table":
+        from rich.table import Table
+
+        table = Table(title=f"{len(a)} pair(s)", title_justify="left")
+        table.add_column("#", justify="right", style="dim")
+        table.add_column("score", justify="right")
+        table.add_column("a", ratio=1)
+        table.add_column("b", ratio=1)
+        low, high = float(scores.min()), float(scores.max())
+        for i, (x, y, s) in enumerate(triples, 1):
+            table.add_row(
+                str(i), f"[{_heat(s, low, high)}]{s:.4f}[/]", _line(x.text), _line(y.text)
+            )
+        _console(stream).print(table)
+    elif fmt == "jsonl":
+        for x, y, s in triples:
+            _json_line(stream, {"a": x.text, "b": y.text, "score": s})
+    elif fmt == "json":
+        json.dump(
+            [{"a": x.text, "b": y.text, "score": s} for x, y, s in triples],
+            stream,
+            ensure_ascii=False,
+        )
+        stream.write("\n")
+    elif fmt == "list":
+        for x, y, s in triples:
+            stream.write(f"{x.text}\n - {s:.4f}: {_head(y.text, 100)}\n")
+    else:
+        # No header: each line is one self-describing record, ready for `sort -g`.
+        write = _row_writer(stream, fmt)
+        for x, y, s in triples:
+            write([s, x.text, y.text])
