@@ -6,9 +6,14 @@ import sys
 def main() -> None:
     # Imported here so that `python -m modernbert_cli` and the console script share
     # one code path, and importing this module alone costs nothing.
-    from modernbert_cli.cli import run
+    try:
+        from modernbert_cli.cli import run
 
-    sys.exit(run(sys.argv[1:]))
+        code = run(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C outside the command itself (start-up): no traceback
+        print("modernbert-cli: error: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

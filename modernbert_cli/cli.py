@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated
 
-import click
 import typer
+
+try:  # typer >= 0.2x vendors its own click; its exceptions are the ones raised
+    from typer import _click as click
+except ImportError:  # older typer runs on click itself
+    import click
 from rich.console import Console
 
 from modernbert_cli import __version__, render
@@ -134,7 +138,9 @@ InputOpt = Annotated[
 FieldOpt = Annotated[
     str | None,
     typer.Option(
-        "--field", help="JSON-lines field holding the text [default: text].", rich_help_panel=_INPUT
+        "--field",
+        help="JSON-lines field holding the text \\[default: text].",
+        rich_help_panel=_INPUT,
     ),
 ]
 ColumnOpt = Annotated[
@@ -167,7 +173,7 @@ MetricOpt = Annotated[
     Metric | None,
     typer.Option(
         "--metric",
-        help="Similarity function [default: the model's own, usually cosine].",
+        help="Similarity function \\[default: the model's own, usually cosine].",
         rich_help_panel=_OUTPUT,
         show_default=False,
     ),
@@ -297,7 +303,7 @@ def embed(
         typer.Option(
             "--format",
             "-f",
-            help="Output format [default: table on a terminal, jsonl when piped].",
+            help="Output format \\[default: table on a terminal, jsonl when piped].",
             rich_help_panel=_OUTPUT,
             show_default=False,
         ),
@@ -434,7 +440,7 @@ def similar(
         typer.Option(
             "--format",
             "-f",
-            help="Output format [default: table on a terminal, jsonl when piped].",
+            help="Output format \\[default: table on a terminal, jsonl when piped].",
             rich_help_panel=_OUTPUT,
             show_default=False,
         ),
@@ -483,6 +489,11 @@ def similar(
             raise UsageError(
                 f"--embeddings {embeddings} was made with model '{corpus.model}', not "
                 f"'{encoder.name}': pass -m {corpus.model}"
+            )
+        if embeddings is not None and encoder.prompt_for("document"):
+            session.note(
+                f"model '{encoder.name}' has a document prompt; the saved embeddings should be "
+                "made with: embed --prompt-name document"
             )
         query_vectors = encoder.encode([q.text for q in query_texts], options, role="query")
         if corpus.embeddings is None:
@@ -548,7 +559,7 @@ def matrix(
         typer.Option(
             "--format",
             "-f",
-            help="Output format [default: table on a terminal; csv when piped, tsv with "
+            help="Output format \\[default: table on a terminal; csv when piped, tsv with "
             "--pairwise].",
             rich_help_panel=_OUTPUT,
             show_default=False,
@@ -635,6 +646,8 @@ def run(argv: Sequence[str]) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()):  # click >= 8.2
+        return ExitStatus.USAGE  # the help is already shown; exit 2 as click does
     except click.exceptions.UsageError as error:
         hint = (
             f"{PROG} {error.ctx.info_name} --help"
@@ -643,7 +656,7 @@ def run(argv: Sequence[str]) -> int:
         )
         _error(stderr, error.format_message(), f"(see '{hint}')")
         return ExitStatus.USAGE
-    except click.exceptions.Abort:
+    except typer.Abort:  # click.exceptions.Abort in older typer
         _error(stderr, "interrupted")
         return ExitStatus.INTERRUPTED
     except click.exceptions.ClickException as error:

@@ -102,6 +102,10 @@ class Encoder:
         )
         return np.asarray(embeddings)
 
+    def prompt_for(self, role: Role) -> str:
+        """The model's own prompt for ``role`` ("" when it has none)."""
+        return (self.model.prompts or {}).get(role) or ""
+
     def _prompt_text(self, options: EncodeOptions, role: Role | None) -> str:
         """The text sentence-transformers will put before each input, for counting tokens."""
         if options.prompt is not None:

