@@ -392,14 +392,14 @@ def test_unreadable_file_simulated(fails, tmp_path, monkeypatch):
     """The same error path as chmod 000, also when the tests run as root."""
     path = tmp_path / "secret.txt"
     path.write_text("hidden\n")
-    real = Path.read_bytes
+    real = Path.open
 
-    def read_bytes(self: Path) -> bytes:
+    def open_(self: Path, *args, **kwargs):
         if self == path:
             raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(Path, "open", open_)
     stderr = fails("-i", str(path))
     assert f"{path}: permission denied" in stderr
 
@@ -434,7 +434,7 @@ def test_nul_byte_past_the_first_block_is_still_binary(fails, tmp_path):
     path = tmp_path / "late.txt"
     path.write_bytes(b"text line\n" * 2000 + b"\x00tail\n")
     stderr = fails("-i", str(path))
-    assert f"{path}: binary file" in stderr
+    assert f"{path}:2001: binary" in stderr
 
 
 def test_no_input_at_all(fails):
