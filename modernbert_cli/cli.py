@@ -8,14 +8,18 @@ imported inside ``model.load`` and ``scoring``, never at module level, so ``--he
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
+import time
 import traceback
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated
+from itertools import islice
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,9 +30,28 @@ except ImportError:  # older typer runs on click itself
 from rich.console import Console
 
 from modernbert_cli import __version__, render
+from modernbert_cli.engine import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, EngineOptions
 from modernbert_cli.errors import CliError, ExitStatus, StdoutClosed, UsageError
-from modernbert_cli.inputs import InputSpec, Stdin, Text, read_file, read_texts
+from modernbert_cli.inputs import (
+    InputSpec,
+    Stdin,
+    Text,
+    iter_texts,
+    read_file,
+    read_texts,
+    scan,
+)
 from modernbert_cli.model import DEFAULT_MODEL, MODEL_ENV, ModelSpec
+
+if TYPE_CHECKING:
+    from modernbert_cli.encoder import Encoder
+    from modernbert_cli.saved import SavedCorpus
+
+# Texts read, embedded and written at a time: large enough to keep a GPU busy,
+# small enough that memory does not depend on the size of the input.
+CHUNK_TEXTS = 8192
+# Below this many texts a job is over before a progress bar would help.
+_PROGRESS_MIN_TEXTS = 512
 
 PROG = "modernbert-cli"
 
@@ -53,11 +76,22 @@ app = typer.Typer(
 )
 
 
-class Device(str, Enum):
+class DType(str, Enum):
     auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Switch(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    int8 = "int8"
 
 
 class Precision(str, Enum):
@@ -85,45 +119,201 @@ _OUTPUT = "Output"
 
 # --- options every command shares -------------------------------------------------------
 
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        envvar=MODEL_ENV,
-        help="sentence-transformers model id, local directory, or alias: modernbert-base, "
-        "modernbert-large, minilm (offline).",
-        rich_help_panel=_MODEL,
-        show_envvar=True,
-    ),
-]
-DeviceOpt = Annotated[
-    Device,
-    typer.Option("--device", help="Where to run the model.", rich_help_panel=_MODEL),
-]
-BatchOpt = Annotated[
-    int,
-    typer.Option("--batch-size", min=1, help="Texts per forward pass.", rich_help_panel=_MODEL),
-]
-MaxSeqOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-seq-length",
-        min=1,
-        help="Token limit per text (default: the model's own, 8192 for ModernBERT). "
-        "Longer texts are truncated, with a count on stderr.",
-        rich_help_panel=_MODEL,
-        show_default=False,
-    ),
-]
-TrustOpt = Annotated[
-    bool,
-    typer.Option(
-        "--trust-remote-code",
-        help="Allow the model's own Python code to run (only for models you trust).",
-        rich_help_panel=_MODEL,
-    ),
-]
+
+def _model_options() -> list[inspect.Parameter]:
+    """The options that say how to run the model, shared by every command (see run_options)."""
+
+    def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+        )
+
+    return [
+        option(
+            "model",
+            Annotated[
+                str,
+                typer.Option(
+                    "--model",
+                    "-m",
+                    envvar=MODEL_ENV,
+                    show_envvar=True,
+                    rich_help_panel=_MODEL,
+                    help="sentence-transformers model id, local directory, or alias: "
+                    "modernbert-base, modernbert-large, minilm (offline).",
+                ),
+            ],
+            DEFAULT_MODEL,
+        ),
+        option(
+            "device",
+            Annotated[
+                str,
+                typer.Option(
+                    "--device",
+                    rich_help_panel=_MODEL,
+                    help="auto, cpu, cuda, cuda:N or mps; a comma list (cuda:0,cuda:1) "
+                    "shares the work.",
+                ),
+            ],
+            "auto",
+        ),
+        option(
+            "max_seq_length",
+            Annotated[
+                int | None,
+                typer.Option(
+                    "--max-seq-length",
+                    min=1,
+                    show_default=False,
+                    rich_help_panel=_MODEL,
+                    help="Token limit per text (default: the model's own, 8192 for ModernBERT). "
+                    "Longer texts are truncated, with a count on stderr.",
+                ),
+            ],
+            None,
+        ),
+        option(
+            "max_batch_tokens",
+            Annotated[
+                int | None,
+                typer.Option(
+                    "--max-batch-tokens",
+                    min=1,
+                    show_default=False,
+                    rich_help_panel=_MODEL,
+                    help=f"Padded tokens per batch \\[default: {CPU_BATCH_TOKENS} on a CPU, "
+                    f"{GPU_BATCH_TOKENS} on a GPU].",
+                ),
+            ],
+            None,
+        ),
+        option(
+            "batch_size",
+            Annotated[
+                int | None,
+                typer.Option(
+                    "--batch-size",
+                    min=1,
+                    show_default=False,
+                    rich_help_panel=_MODEL,
+                    help="At most this many texts per batch (default: the token budget decides).",
+                ),
+            ],
+            None,
+        ),
+        option(
+            "dtype",
+            Annotated[
+                DType,
+                typer.Option(
+                    "--dtype",
+                    rich_help_panel=_MODEL,
+                    help="Weights' precision; auto = bfloat16 on a GPU that has it, "
+                    "float32 elsewhere.",
+                ),
+            ],
+            DType.auto,
+        ),
+        option(
+            "compile",
+            Annotated[
+                Switch,
+                typer.Option(
+                    "--compile",
+                    rich_help_panel=_MODEL,
+                    help="torch.compile the model; auto = on a GPU, for jobs big enough "
+                    "to repay it.",
+                ),
+            ],
+            Switch.auto,
+        ),
+        option(
+            "quantize",
+            Annotated[
+                Quantize,
+                typer.Option(
+                    "--quantize",
+                    rich_help_panel=_MODEL,
+                    help="int8: dynamic int8 Linear layers on a CPU (faster; cosine to "
+                    "float32 about 0.99).",
+                ),
+            ],
+            Quantize.none,
+        ),
+        option(
+            "trust_remote_code",
+            Annotated[
+                bool,
+                typer.Option(
+                    "--trust-remote-code",
+                    rich_help_panel=_MODEL,
+                    help="Allow the model's own Python code to run (only for models you trust).",
+                ),
+            ],
+            False,
+        ),
+        option(
+            "quiet",
+            Annotated[
+                bool,
+                typer.Option("--quiet", "-q", help="No notes or progress on stderr; errors only."),
+            ],
+            False,
+        ),
+    ]
+
+
+_MODEL_OPTIONS = _model_options()
+
+
+@dataclass(frozen=True)
+class Run:
+    """How to run the model: the shared options of every command, in one value."""
+
+    model: str
+    device: str
+    max_seq_length: int | None
+    max_batch_tokens: int | None
+    batch_size: int | None
+    dtype: DType
+    compile: Switch
+    quantize: Quantize
+    trust_remote_code: bool
+    quiet: bool
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.model, self.device, self.max_seq_length, self.trust_remote_code)
+
+    @property
+    def engine(self) -> EngineOptions:
+        return EngineOptions(
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_size=self.batch_size,
+            dtype=self.dtype.value,
+            compile=self.compile.value,
+            quantize=self.quantize.value,
+        )
+
+
+def run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the shared model options; it receives them as one ``run: Run``."""
+    names = [p.name for p in _MODEL_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        run = Run(**{name: kwargs.pop(name) for name in names})
+        command(run=run, **kwargs)
+
+    own = [
+        p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "run"
+    ]
+    wrapper.__signature__ = inspect.Signature([*own, *_MODEL_OPTIONS])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *_MODEL_OPTIONS)}
+    return wrapper
+
+
 InputOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -178,9 +368,6 @@ MetricOpt = Annotated[
         show_default=False,
     ),
 ]
-QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No notes or progress on stderr; errors only.")
-]
 
 
 # --- what every command does around its own work -----------------------------------------
@@ -212,26 +399,61 @@ class Session:
         if not self.quiet:
             self.stderr.print(f"[dim]{PROG}:[/] {message}", markup=True, soft_wrap=True)
 
-    def show_progress(self, count: int) -> bool:
-        return not self.quiet and self.stderr.is_terminal and count > 256
-
     def report_skipped(self, skipped: dict[str, int]) -> None:
         if skipped:
             parts = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
             self.note(f"skipped {sum(skipped.values())} file(s) or folder(s): {parts}")
 
     @contextmanager
-    def loading(self, spec: ModelSpec):
-        """Load the model, with a spinner on a terminal; yields an Encoder."""
+    def encoder(self, run: Run, expected_texts: int) -> Iterator[Encoder]:
+        """Load the model (a spinner on a terminal) and yield an Encoder on its devices."""
         from modernbert_cli import model as model_loading
         from modernbert_cli.encoder import Encoder
 
-        if self.quiet or not self.stderr.is_terminal:
-            yield Encoder(model_loading.load(spec), model_loading.canonical_name(spec.name))
+        spinner = self.stderr.status(f"loading {run.model} …", spinner="dots")
+        with spinner if self.stderr.is_terminal and not self.quiet else nullcontext():
+            loaded = model_loading.load(run.spec)  # on the first device
+            devices = model_loading.pick_devices(run.device)
+            encoder = Encoder(
+                loaded,
+                model_loading.canonical_name(run.model),
+                devices,
+                run.engine,
+                expected_texts,
+            )
+        yield encoder
+
+    @contextmanager
+    def progress(self, encoder: Encoder, total: int) -> Iterator[None]:
+        """A progress bar on stderr (texts, tokens/s, time left) for jobs worth one."""
+        if self.quiet or not self.stderr.is_terminal or total < _PROGRESS_MIN_TEXTS:
+            yield
             return
-        with self.stderr.status(f"loading {spec.name} …", spinner="dots"):
-            loaded = model_loading.load(spec)
-        yield Encoder(loaded, model_loading.canonical_name(spec.name))
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        tokens = [0]
+        started = time.monotonic()
+        with Progress(
+            TextColumn("embedding"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} texts"),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=self.stderr,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("embed", total=total, rate="")
+
+            def advance(texts: int, batch_tokens: int) -> None:
+                tokens[0] += batch_tokens
+                rate = tokens[0] / max(time.monotonic() - started, 1e-6)
+                bar.update(task, advance=texts, rate=f"{rate:,.0f} tokens/s" if tokens[0] else "")
+
+            encoder.progress = advance
+            try:
+                yield
+            finally:
+                encoder.progress = None
 
     def report_truncated(self, truncated: int, total: int, limit: int) -> None:
         if truncated:
@@ -257,10 +479,10 @@ def _input_spec(
     )
 
 
-def _model_spec(model: str, device: Device, max_seq_length: int | None, trust: bool) -> ModelSpec:
-    return ModelSpec(
-        name=model, device=device.value, max_seq_length=max_seq_length, trust_remote_code=trust
-    )
+def _chunks(texts: Iterable[Text], size: int = CHUNK_TEXTS) -> Iterator[list[Text]]:
+    iterator = iter(texts)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def _version(value: bool) -> None:
@@ -290,6 +512,7 @@ def main(
     f"  {PROG} embed -i sample_inputs/corpus.txt -o corpus.jsonl\n\n"
     f"  {PROG} embed -i sample_inputs/corpus.txt -o corpus.npy --precision int8"
 )
+@run_options
 def embed(
     texts: Annotated[
         list[str] | None, typer.Argument(help="Texts to embed (- reads stdin).", show_default=False)
@@ -347,37 +570,38 @@ def embed(
             "--prompt-name", help="One of the model's named prompts.", rich_help_panel=_MODEL
         ),
     ] = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    device: DeviceOpt = Device.auto,
-    batch_size: BatchOpt = 32,
-    max_seq_length: MaxSeqOpt = None,
-    trust_remote_code: TrustOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: Run,
 ) -> None:
     """Embed texts: one vector per text, as a table, JSON lines, CSV/TSV or .npy."""
     from modernbert_cli.encoder import EncodeOptions
 
-    session = Session.start(quiet)
+    session = Session.start(run.quiet)
     fmt_name = render.choose_format(
         fmt and fmt.value, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
     )
-    read = read_texts(_input_spec(texts or (), inputs, field, column, documents), session.stdin)
-    session.report_skipped(read.skipped)
+    spec = _input_spec(texts or (), inputs, field, column, documents)
+    found = scan(spec, session.stdin)
+    session.report_skipped(found.skipped)
     options = EncodeOptions(
-        batch_size=batch_size,
         normalize=normalize,
         precision=precision.value,
         truncate_dim=truncate_dim,
         prompt=prompt,
         prompt_name=prompt_name,
-        show_progress=session.show_progress(len(read.texts)),
     )
-    with session.loading(_model_spec(model, device, max_seq_length, trust_remote_code)) as encoder:
+    with session.encoder(run, found.count) as encoder:
         encoder.check(options)
-        embeddings = encoder.encode([t.text for t in read.texts], options)
-    session.report_truncated(encoder.truncated, len(read.texts), encoder.max_seq_length)
-    with render.open_output(output, binary=fmt_name == "npy") as stream:
-        render.write_embeddings(stream, fmt_name, read.texts, embeddings, encoder.name)
+        # Read, embed and write a chunk at a time: memory stays flat however long the input.
+        with (
+            render.open_output(output, binary=fmt_name == "npy") as stream,
+            session.progress(encoder, found.count),
+        ):
+            writer = render.EmbeddingsWriter(stream, fmt_name, encoder.name)
+            for chunk in _chunks(iter_texts(spec, session.stdin)):
+                writer.write(chunk, encoder.encode([t.text for t in chunk], options))
+            writer.close()
+    session.report_truncated(encoder.truncated, found.count, encoder.max_seq_length)
 
 
 # --- similar -----------------------------------------------------------------------------
@@ -390,6 +614,7 @@ def embed(
     f'  grep -v "^#" notes.txt | {PROG} similar "backups" -k 5 | jq -r .text\n\n'
     f'  {PROG} similar "volcanic eruptions" --documents -i sample_inputs/notes/'
 )
+@run_options
 def similar(
     args: Annotated[
         list[str] | None,
@@ -446,18 +671,14 @@ def similar(
         ),
     ] = None,
     output: OutputOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    device: DeviceOpt = Device.auto,
-    batch_size: BatchOpt = 32,
-    max_seq_length: MaxSeqOpt = None,
-    trust_remote_code: TrustOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: Run,
 ) -> None:
     """Rank texts by similarity to a query: the best matches first."""
     from modernbert_cli import saved, scoring
     from modernbert_cli.encoder import EncodeOptions
 
-    session = Session.start(quiet)
+    session = Session.start(run.quiet)
     fmt_name = render.choose_format(
         fmt and fmt.value, output, render.SIMILAR_FORMATS, "jsonl", session.stdout_is_terminal
     )
@@ -473,47 +694,56 @@ def similar(
         query_texts = [Text(query, "<query>")]
 
     spec = _input_spec(args, inputs, field, column, documents)
+    stored = None
     if embeddings is not None:
-        corpus_texts = read_texts(spec, session.stdin).texts if (args or inputs) else []
-        corpus = saved.load(embeddings, corpus_texts)
+        labels = read_texts(spec, session.stdin).texts if (args or inputs) else []
+        stored = saved.load(embeddings, labels)
+        corpus_size = len(stored.texts)
     else:
-        read = read_texts(spec, session.stdin, what="corpus")
-        session.report_skipped(read.skipped)
-        corpus = saved.SavedCorpus(read.texts, None, None)
+        found = scan(spec, session.stdin, what="corpus")
+        session.report_skipped(found.skipped)
+        corpus_size = found.count
 
-    options = EncodeOptions(
-        batch_size=batch_size, show_progress=session.show_progress(len(corpus.texts))
-    )
-    with session.loading(_model_spec(model, device, max_seq_length, trust_remote_code)) as encoder:
-        if corpus.model is not None and corpus.model != encoder.name:
-            raise UsageError(
-                f"--embeddings {embeddings} was made with model '{corpus.model}', not "
-                f"'{encoder.name}': pass -m {corpus.model}"
-            )
-        if embeddings is not None and encoder.prompt_for("document"):
-            session.note(
-                f"model '{encoder.name}' has a document prompt; the saved embeddings should be "
-                "made with: embed --prompt-name document"
-            )
-        query_vectors = encoder.encode([q.text for q in query_texts], options, role="query")
-        if corpus.embeddings is None:
-            corpus.embeddings = encoder.encode(
-                [t.text for t in corpus.texts], options, role="document"
-            )
-        elif corpus.embeddings.shape[1] != query_vectors.shape[1]:
-            raise UsageError(
-                f"--embeddings {embeddings} has {corpus.embeddings.shape[1]} dimensions but model "
-                f"'{encoder.name}' makes {query_vectors.shape[1]}: use the model that made them"
-            )
+    options = EncodeOptions()
+    with session.encoder(run, len(query_texts) + corpus_size) as encoder:
         metric_name = metric.value if metric else encoder.similarity_fn_name
+        best = scoring.TopK(len(query_texts), metric_name, k=top_k, threshold=threshold)
+        query_vectors = encoder.encode([q.text for q in query_texts], options, role="query")
+        if stored is not None:
+            _check_stored(stored, embeddings, encoder, query_vectors.shape[1], session)
+            best.add(query_vectors, stored.embeddings, stored.texts)
+        else:
+            # The corpus streams through in chunks; only the best k per query are kept.
+            with session.progress(encoder, corpus_size):
+                for chunk in _chunks(iter_texts(spec, session.stdin)):
+                    vectors = encoder.encode([t.text for t in chunk], options, role="document")
+                    best.add(query_vectors, vectors, chunk)
     session.report_truncated(
-        encoder.truncated, len(query_texts) + len(corpus.texts), encoder.max_seq_length
-    )
-    results = scoring.top_k(
-        query_vectors, corpus.embeddings, metric_name, k=top_k, threshold=threshold
+        encoder.truncated, len(query_texts) + corpus_size, encoder.max_seq_length
     )
     with render.open_output(output) as stream:
-        render.write_hits(stream, fmt_name, query_texts, results, corpus.texts, metric_name)
+        render.write_hits(stream, fmt_name, query_texts, best.results(), metric_name)
+
+
+def _check_stored(
+    stored: SavedCorpus, path: str, encoder: Encoder, dimensions: int, session: Session
+) -> None:
+    """Saved embeddings must come from the model that embeds the queries."""
+    if stored.model is not None and stored.model != encoder.name:
+        raise UsageError(
+            f"--embeddings {path} was made with model '{stored.model}', not "
+            f"'{encoder.name}': pass -m {stored.model}"
+        )
+    if stored.embeddings.shape[1] != dimensions:
+        raise UsageError(
+            f"--embeddings {path} has {stored.embeddings.shape[1]} dimensions but model "
+            f"'{encoder.name}' makes {dimensions}: use the model that made them"
+        )
+    if encoder.prompt_for("document"):
+        session.note(
+            f"model '{encoder.name}' has a document prompt; the saved embeddings should be "
+            "made with: embed --prompt-name document"
+        )
 
 
 # --- matrix ------------------------------------------------------------------------------
@@ -527,6 +757,7 @@ def similar(
     f"-o scores.csv\n\n"
     f"  {PROG} matrix --pairwise -i sample_inputs/pairs.tsv --format tsv"
 )
+@run_options
 def matrix(
     texts: Annotated[
         list[str] | None,
@@ -566,19 +797,15 @@ def matrix(
         ),
     ] = None,
     output: OutputOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    device: DeviceOpt = Device.auto,
-    batch_size: BatchOpt = 32,
-    max_seq_length: MaxSeqOpt = None,
-    trust_remote_code: TrustOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    run: Run,
 ) -> None:
     """Score texts against each other: an N×N matrix, N×M with --against, or pairs."""
     from modernbert_cli import scoring
     from modernbert_cli.encoder import EncodeOptions
     from modernbert_cli.inputs import read_pairs
 
-    session = Session.start(quiet)
+    session = Session.start(run.quiet)
     fmt_name = render.choose_format(
         fmt and fmt.value,
         output,
@@ -605,16 +832,15 @@ def matrix(
     if fmt_name == "table" and not pairwise:
         render.check_table_fits(len(rows), len(columns), session.stdout_width)
 
-    options = EncodeOptions(
-        batch_size=batch_size, show_progress=session.show_progress(len(rows) + len(columns))
-    )
-    with session.loading(_model_spec(model, device, max_seq_length, trust_remote_code)) as encoder:
+    # Every score needs every embedding: a matrix is held whole (csv/tsv stream its rows).
+    total = len(rows) + (0 if columns is rows else len(columns))
+    options = EncodeOptions()
+    with session.encoder(run, total) as encoder, session.progress(encoder, total):
         row_vectors = encoder.encode([t.text for t in rows], options)
         column_vectors = (
             row_vectors if columns is rows else encoder.encode([t.text for t in columns], options)
         )
         metric_name = metric.value if metric else encoder.similarity_fn_name
-    total = len(rows) + (0 if columns is rows else len(columns))
     session.report_truncated(encoder.truncated, total, encoder.max_seq_length)
     with render.open_output(output, binary=fmt_name == "npy") as stream:
         if pairwise:

@@ -193,6 +193,23 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+def pick_devices(requested: str) -> list[str]:
+    """A comma-separated list (``cuda:0,cuda:1``) of devices to share the work, each checked."""
+    names = [name.strip() for name in requested.split(",") if name.strip()]
+    if not names:
+        raise UsageError("--device: empty device list")
+    if len(names) > 1 and "auto" in names:
+        raise UsageError("--device: 'auto' cannot be part of a list")
+    devices = [pick_device(name) for name in names]
+    torch = _import_torch()
+    for device in devices:
+        kind, _, index = device.partition(":")
+        count = torch.cuda.device_count()
+        if kind == "cuda" and index and (not index.isdigit() or int(index) >= count):
+            raise UsageError(f"--device {device}: this machine has {count} CUDA device(s)")
+    return devices
+
+
 def quiet_libraries() -> None:
     """Keep library chatter (tokenizer warnings, load reports) off the terminal."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -209,7 +226,7 @@ def load(spec: ModelSpec) -> Any:
     >>> model = load(ModelSpec("minilm", device="cpu"))  # doctest: +SKIP
     """
     resolved = resolve(spec.name)
-    device = pick_device(spec.device)
+    device = pick_devices(spec.device)[0]  # the engine places replicas on the others
     if not resolved.is_local and not resolved.cached and not _hub_reachable():
         repo = resolved.location  # an alias names its hub id too: that is what to fetch
         shown = f"'{spec.name}'" + (f" ({repo})" if repo != spec.name else "")

@@ -155,33 +155,93 @@ def _json_line(stream: IO[str], record: dict[str, Any]) -> None:
 # --- embed -------------------------------------------------------------------------------
 
 
-def write_embeddings(
-    stream: IO[Any], fmt: str, texts: Sequence[Text], embeddings: Any, model_name: str
-) -> None:
-    """Write one embedding per text in ``fmt``."""
-    import numpy as np
+class EmbeddingsWriter:
+    """Writes embeddings chunk by chunk in ``fmt``, so no format needs the whole set at once.
 
-    if fmt == "npy":
-        np.save(stream, embeddings)
-        return
-    if fmt == "table":
-        _embeddings_table(stream, texts, embeddings, model_name)
-        return
-    records = (
-        {"text": t.text, "source": t.source, "model": model_name, "embedding": e.tolist()}
-        for t, e in zip(texts, embeddings, strict=True)
-    )
-    if fmt == "jsonl":
-        for record in records:
-            _json_line(stream, record)
-    elif fmt == "json":
-        json.dump(list(records), stream, ensure_ascii=False)
-        stream.write("\n")
-    else:
-        write = _row_writer(stream, fmt)
-        write(["text", "source", *(f"dim_{i}" for i in range(embeddings.shape[1]))])
-        for t, e in zip(texts, embeddings, strict=True):
-            write([t.text, t.source, *e.tolist()])
+    The table is the exception: it is drawn once, at :meth:`close`.
+    """
+
+    def __init__(self, stream: IO[Any], fmt: str, model_name: str) -> None:
+        self.stream, self.fmt, self.model = stream, fmt, model_name
+        self.count = 0
+        self._npy: NpyWriter | None = None
+        self._rows: list[tuple[Text, Any]] = []  # the table's, held for drawing
+        self._write_row = _row_writer(stream, fmt) if fmt in ("csv", "tsv") else None
+
+    def write(self, texts: Sequence[Text], embeddings: Any) -> None:
+        if self.fmt == "npy":
+            self._npy = self._npy or NpyWriter(self.stream, embeddings.dtype, embeddings.shape[1:])
+            self._npy.write(embeddings)
+        elif self.fmt == "table":
+            self._rows.extend(zip(texts, embeddings, strict=True))
+        elif self._write_row is not None:
+            if self.count == 0:
+                dims = (f"dim_{i}" for i in range(embeddings.shape[1]))
+                self._write_row(["text", "source", *dims])
+            for t, e in zip(texts, embeddings, strict=True):
+                self._write_row([t.text, t.source, *e.tolist()])
+        else:
+            for n, (t, e) in enumerate(zip(texts, embeddings, strict=True), self.count):
+                record = {"text": t.text, "source": t.source, "model": self.model}
+                line = json.dumps({**record, "embedding": e.tolist()}, ensure_ascii=False)
+                if self.fmt == "jsonl":
+                    self.stream.write(line + "\n")
+                else:  # one JSON list, written an element at a time
+                    self.stream.write(("[" if n == 0 else ",\n") + line)
+        self.count += len(texts)
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.stream.write("[]\n" if self.count == 0 else "]\n")
+        elif self.fmt == "npy" and self._npy is not None:
+            self._npy.close()
+        elif self.fmt == "table":
+            import numpy as np
+
+            texts = [t for t, _ in self._rows]
+            embeddings = np.asarray([e for _, e in self._rows])
+            _embeddings_table(self.stream, texts, embeddings, self.model)
+
+
+class NpyWriter:
+    """A ``.npy`` file written a block of rows at a time; the header is fixed at the end.
+
+    The header is written first with room for any row count, and rewritten in place
+    once the count is known, so memory does not grow with the number of rows.
+    """
+
+    _HEADER_BYTES = 128  # numpy's own header for a 2-D array fits well within this
+
+    def __init__(self, stream: IO[bytes], dtype: Any, row_shape: tuple[int, ...]) -> None:
+        self.stream, self.dtype, self.row_shape, self.rows = stream, dtype, row_shape, 0
+        self._start = stream.tell()
+        stream.write(self._header())
+
+    def _header(self) -> bytes:
+        import numpy as np
+
+        header = {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(self.dtype)),
+            "fortran_order": False,
+            "shape": (self.rows, *self.row_shape),
+        }
+        text = repr(header).encode("latin1")
+        magic = np.lib.format.magic(1, 0)
+        pad = self._HEADER_BYTES - len(magic) - 2 - len(text) - 1
+        length = (self._HEADER_BYTES - len(magic) - 2).to_bytes(2, "little")
+        return magic + length + text + b" " * pad + b"\n"
+
+    def write(self, rows: Any) -> None:
+        import numpy as np
+
+        self.stream.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        end = self.stream.tell()
+        self.stream.seek(self._start)
+        self.stream.write(self._header())
+        self.stream.seek(end)
 
 
 def _embeddings_table(stream: IO[str], texts: Sequence[Text], embeddings: Any, model: str) -> None:
@@ -216,22 +276,21 @@ def write_hits(
     fmt: str,
     queries: Sequence[Text],
     results: Sequence[Sequence[Hit]],
-    corpus: Sequence[Text],
     metric: str,
 ) -> None:
-    """Write ranked results, best first, one block per query."""
+    """Write ranked results (each hit's ``item`` is its corpus Text), best first."""
     if fmt == "table":
         console = _console(stream)
         for query, hits in zip(queries, results, strict=True):
-            console.print(_hits_table(query, hits, corpus, metric))
+            console.print(_hits_table(query, hits, metric))
         return
     rows = (
         {
             "query": q.text,
             "rank": h.rank,
             "score": h.score,
-            "text": corpus[h.index].text,
-            "source": corpus[h.index].source,
+            "text": h.item.text,
+            "source": h.item.source,
         }
         for q, hits in zip(queries, results, strict=True)
         for h in hits
@@ -249,7 +308,7 @@ def write_hits(
             write(list(row.values()))
 
 
-def _hits_table(query: Text, hits: Sequence[Hit], corpus: Sequence[Text], metric: str) -> Any:
+def _hits_table(query: Text, hits: Sequence[Hit], metric: str) -> Any:
     from rich.table import Table
     from rich.text import Text as RichText
 
@@ -270,8 +329,8 @@ def _hits_table(query: Text, hits: Sequence[Hit], corpus: Sequence[Text], metric
             str(hit.rank),
             RichText(f"{hit.score:.4f}", style=colour),
             RichText(_bar(fraction), style=colour),
-            _line(corpus[hit.index].text),
-            _line(corpus[hit.index].source, "cyan"),
+            _line(hit.item.text),
+            _line(hit.item.source, "cyan"),
         )
     return table
 

@@ -10,7 +10,9 @@ Scores come from sentence-transformers' own similarity functions, so they equal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,11 +25,12 @@ _ROW_CHUNK = 256
 
 @dataclass(frozen=True)
 class Hit:
-    """One ranked result: the corpus row ``index`` scored ``score`` (1-based ``rank``)."""
+    """One ranked result: corpus row ``index`` (``item`` is what the caller gave for it)."""
 
     rank: int
     index: int
     score: float
+    item: Any = None
 
 
 def _functions(metric: str):
@@ -63,21 +66,63 @@ def top_k(
     k: int | None = 10,
     threshold: float | None = None,
 ) -> list[list[Hit]]:
-    """For each query, the ``k`` best corpus rows (all when ``k`` is None), best first.
+    """For each query, the ``k`` best corpus rows (all when ``k`` is None), best first."""
+    best = TopK(len(queries), metric, k=k, threshold=threshold)
+    best.add(queries, corpus, range(len(corpus)))
+    return best.results()
 
-    Ties keep corpus order, so results are stable from run to run.
+
+class TopK:
+    """The best ``k`` corpus rows per query, kept as the corpus streams past in chunks.
+
+    Memory is queries × k whatever the corpus size. Ties keep corpus order, so
+    results are the same however the corpus was chunked.
     """
-    import torch
 
-    full, _ = _functions(metric)
-    corpus_t = torch.from_numpy(_as_float(corpus))
-    results: list[list[Hit]] = []
-    for start in range(0, len(queries), _ROW_CHUNK):
-        scores = full(torch.from_numpy(_as_float(queries[start : start + _ROW_CHUNK])), corpus_t)
-        for row in scores.cpu().numpy():
-            order = np.argsort(-row, kind="stable")
-            if k is not None:
-                order = order[:k]
-            kept = [i for i in order if threshold is None or row[i] >= threshold]
-            results.append([Hit(r, int(i), float(row[i])) for r, i in enumerate(kept, 1)])
-    return results
+    def __init__(
+        self, queries: int, metric: str, k: int | None = 10, threshold: float | None = None
+    ) -> None:
+        self.metric = metric
+        self.k = k
+        self.threshold = threshold
+        self.seen = 0
+        self._scores = [np.empty(0, dtype=np.float32) for _ in range(queries)]
+        self._indices = [np.empty(0, dtype=np.int64) for _ in range(queries)]
+        self._items: dict[int, Any] = {}
+
+    def add(self, queries: np.ndarray, corpus: np.ndarray, items: Sequence[Any]) -> None:
+        """Score one chunk of the corpus (``items`` label its rows) and keep the best."""
+        import torch
+
+        full, _ = _functions(self.metric)
+        corpus_t = torch.from_numpy(_as_float(corpus))
+        offset, self.seen = self.seen, self.seen + len(corpus)
+        for start in range(0, len(queries), _ROW_CHUNK):
+            scores = full(
+                torch.from_numpy(_as_float(queries[start : start + _ROW_CHUNK])), corpus_t
+            )
+            for row, chunk_scores in enumerate(scores.cpu().numpy(), start):
+                self._merge(row, chunk_scores, offset)
+        kept = {int(i) for indices in self._indices for i in indices}
+        self._items = {i: self._items[i] if i < offset else items[i - offset] for i in kept}
+
+    def _merge(self, row: int, chunk_scores: np.ndarray, offset: int) -> None:
+        indices = np.arange(offset, offset + len(chunk_scores))
+        if self.threshold is not None:
+            keep = chunk_scores >= self.threshold
+            chunk_scores, indices = chunk_scores[keep], indices[keep]
+        scores = np.concatenate([self._scores[row], chunk_scores])
+        indices = np.concatenate([self._indices[row], indices])
+        order = np.lexsort((indices, -scores))  # best score first, then corpus order
+        if self.k is not None:
+            order = order[: self.k]
+        self._scores[row], self._indices[row] = scores[order], indices[order]
+
+    def results(self) -> list[list[Hit]]:
+        return [
+            [
+                Hit(rank, int(i), float(score), self._items.get(int(i)))
+                for rank, (score, i) in enumerate(zip(scores, indices, strict=True), 1)
+            ]
+            for scores, indices in zip(self._scores, self._indices, strict=True)
+        ]

@@ -249,12 +249,13 @@ def test_output_in_a_missing_folder_is_an_output_error(embed_fails, tmp_path):
 def test_a_failure_half_way_leaves_no_partial_file(
     embed_fails, monkeypatch, tmp_path, name, existing, error, status
 ):
-    def write_some_then_fail(stream, fmt, texts, embeddings, model_name):
+    def write_some_then_fail(self, texts, embeddings):
+        stream = self.stream
         stream.write("partial" if isinstance(stream, io.TextIOBase) else b"partial")
         stream.flush()
         raise error
 
-    monkeypatch.setattr(render, "write_embeddings", write_some_then_fail)
+    monkeypatch.setattr(render.EmbeddingsWriter, "write", write_some_then_fail)
     path = tmp_path / name
     if existing:
         path.write_bytes(b"old content\n")
