@@ -479,7 +479,8 @@ def _input_spec(
     )
 
 
-def _chunks(texts: Iterable[Text], size: int = CHUNK_TEXTS) -> Iterator[list[Text]]:
+def _chunks(texts: Iterable[Text], size: int | None = None) -> Iterator[list[Text]]:
+    size = size or CHUNK_TEXTS  # read at call time, not fixed when the module loads
     iterator = iter(texts)
     while chunk := list(islice(iterator, size)):
         yield chunk

@@ -95,7 +95,7 @@ class Engine:
             model.to(self.dtype)
         if options.quantize == "int8":
             model = quantize_int8(model)
-        compile_now = options.compile == "on" or (
+        self.compiled = options.compile == "on" or (
             options.compile == "auto"
             and self.on_gpu
             and expected_texts is not None
@@ -104,7 +104,7 @@ class Engine:
         self.replicas = [model.to(self.devices[0])]
         for device in self.devices[1:]:
             self.replicas.append(copy.deepcopy(model).to(device))
-        if compile_now:
+        if self.compiled:
             for replica in self.replicas:
                 replica.compile(dynamic=True)
         self.tokenizer = model.tokenizer

@@ -195,9 +195,11 @@ def pick_device(requested: str) -> str:
 
 def pick_devices(requested: str) -> list[str]:
     """A comma-separated list (``cuda:0,cuda:1``) of devices to share the work, each checked."""
-    names = [name.strip() for name in requested.split(",") if name.strip()]
-    if not names:
+    names = [name.strip() for name in requested.split(",")]
+    if not any(names):
         raise UsageError("--device: empty device list")
+    if not all(names):
+        raise UsageError(f"--device {requested}: a name in the list is empty")
     if len(names) > 1 and "auto" in names:
         raise UsageError("--device: 'auto' cannot be part of a list")
     devices = [pick_device(name) for name in names]

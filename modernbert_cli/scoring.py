@@ -1,7 +1,8 @@
 """Similarity scores and rankings from embeddings.
 
 Scores come from sentence-transformers' own similarity functions, so they equal
-``model.similarity`` exactly. Results are plain data (:class:`Hit`, numpy arrays).
+``model.similarity`` (rankings score in float64, so theirs may differ in the last bit
+of a float32). Results are plain data (:class:`Hit`, numpy arrays).
 
 >>> hits = top_k(np.eye(2, dtype="float32")[:1], np.eye(2, dtype="float32"), "cosine", k=1)
 >>> hits[0][0].index, round(hits[0][0].score, 3)
@@ -95,12 +96,14 @@ class TopK:
         import torch
 
         full, _ = _functions(self.metric)
-        corpus_t = torch.from_numpy(_as_float(corpus))
+        # Scored in float64, then rounded to float32: BLAS picks its kernels by matrix
+        # shape, so float32 products can differ in the last bit with the chunk's size
+        # (or a row's position), which would break ties and depend on the chunking.
+        corpus_t = torch.from_numpy(_as_float(corpus)).double()
         offset, self.seen = self.seen, self.seen + len(corpus)
         for start in range(0, len(queries), _ROW_CHUNK):
-            scores = full(
-                torch.from_numpy(_as_float(queries[start : start + _ROW_CHUNK])), corpus_t
-            )
+            query_t = torch.from_numpy(_as_float(queries[start : start + _ROW_CHUNK]))
+            scores = full(query_t.double(), corpus_t).float()
             for row, chunk_scores in enumerate(scores.cpu().numpy(), start):
                 self._merge(row, chunk_scores, offset)
         kept = {int(i) for indices in self._indices for i in indices}
