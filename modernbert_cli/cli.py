@@ -30,6 +30,7 @@ except ImportError:  # older typer runs on click itself
 from rich.console import Console
 
 from modernbert_cli import __version__, render
+from modernbert_cli.cache import DEFAULT_MAX_MB
 from modernbert_cli.engine import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, EngineOptions
 from modernbert_cli.errors import CliError, ExitStatus, StdoutClosed, UsageError
 from modernbert_cli.inputs import (
@@ -116,6 +117,8 @@ MatrixFormat = Enum("MatrixFormat", {f: f for f in render.MATRIX_FORMATS}, type=
 _MODEL = "Model"
 _INPUT = "Input"
 _OUTPUT = "Output"
+_CACHE = "Cache"
+CACHE_MAX_ENV = "MODERNBERT_CLI_CACHE_MAX_MB"
 
 # --- options every command shares -------------------------------------------------------
 
@@ -254,6 +257,33 @@ def _model_options() -> list[inspect.Parameter]:
             False,
         ),
         option(
+            "no_cache",
+            Annotated[
+                bool,
+                typer.Option(
+                    "--no-cache",
+                    rich_help_panel=_CACHE,
+                    help="Neither read nor write the embedding cache.",
+                ),
+            ],
+            False,
+        ),
+        option(
+            "cache_max_mb",
+            Annotated[
+                int,
+                typer.Option(
+                    "--cache-max-mb",
+                    min=1,
+                    envvar=CACHE_MAX_ENV,
+                    show_envvar=True,
+                    rich_help_panel=_CACHE,
+                    help="Bound on the cache file; least recently used entries go first.",
+                ),
+            ],
+            DEFAULT_MAX_MB,
+        ),
+        option(
             "quiet",
             Annotated[
                 bool,
@@ -280,6 +310,8 @@ class Run:
     compile: Switch
     quantize: Quantize
     trust_remote_code: bool
+    no_cache: bool
+    cache_max_mb: int
     quiet: bool
 
     @property
@@ -380,6 +412,7 @@ class Session:
     quiet: bool
     stderr: Console
     stdin: Stdin
+    _live: bool = False  # a progress bar is showing: no spinner inside it
 
     @classmethod
     def start(cls, quiet: bool) -> Session:
@@ -399,6 +432,12 @@ class Session:
         if not self.quiet:
             self.stderr.print(f"[dim]{PROG}:[/] {message}", markup=True, soft_wrap=True)
 
+    def warn(self, message: str) -> None:
+        """A warning: shown even with -q (the cache being off is worth knowing)."""
+        from rich.markup import escape
+
+        self.stderr.print(f"[dim]{PROG}:[/] [yellow]{escape(message)}[/]", soft_wrap=True)
+
     def report_skipped(self, skipped: dict[str, int]) -> None:
         if skipped:
             parts = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
@@ -406,22 +445,43 @@ class Session:
 
     @contextmanager
     def encoder(self, run: Run, expected_texts: int) -> Iterator[Encoder]:
-        """Load the model (a spinner on a terminal) and yield an Encoder on its devices."""
+        """An Encoder that asks the cache first and loads the model on first need."""
         from modernbert_cli import model as model_loading
+        from modernbert_cli.cache import EmbeddingCache, default_path
         from modernbert_cli.encoder import Encoder
+        from modernbert_cli.engine import effective_dtype
 
-        spinner = self.stderr.status(f"loading {run.model} …", spinner="dots")
-        with spinner if self.stderr.is_terminal and not self.quiet else nullcontext():
-            loaded = model_loading.load(run.spec)  # on the first device
-            devices = model_loading.pick_devices(run.device)
-            encoder = Encoder(
-                loaded,
-                model_loading.canonical_name(run.model),
-                devices,
-                run.engine,
-                expected_texts,
-            )
-        yield encoder
+        files = model_loading.ModelFiles.find(run.model)  # a bad path fails here, torch-free
+
+        def load() -> tuple[Any, list[str]]:
+            quiet = self.quiet or not self.stderr.is_terminal or self._live
+            spinner = self.stderr.status(f"loading {run.model} …", spinner="dots")
+            with nullcontext() if quiet else spinner:
+                loaded = model_loading.load(run.spec)  # on the first device
+                return loaded, model_loading.pick_devices(run.device)
+
+        cache = None
+        if not run.no_cache:
+            cache = EmbeddingCache(default_path(), run.cache_max_mb << 20, warn=self.warn)
+        encoder = Encoder(
+            name=model_loading.canonical_name(run.model),
+            engine_options=run.engine,
+            expected_texts=expected_texts,
+            loader=load,
+            cache=cache,
+            files=files,
+            settings={
+                "max_seq_length": run.max_seq_length,
+                "dtype": effective_dtype(run.device, run.dtype.value),
+                "quantize": run.quantize.value,
+                # The model's own code may compute other numbers than transformers' own.
+                "trust_remote_code": run.trust_remote_code,
+            },
+        )
+        try:
+            yield encoder
+        finally:
+            encoder.close()
 
     @contextmanager
     def progress(self, encoder: Encoder, total: int) -> Iterator[None]:
@@ -450,10 +510,12 @@ class Session:
                 bar.update(task, advance=texts, rate=f"{rate:,.0f} tokens/s" if tokens[0] else "")
 
             encoder.progress = advance
+            self._live = True
             try:
                 yield
             finally:
                 encoder.progress = None
+                self._live = False
 
     def report_truncated(self, truncated: int, total: int, limit: int) -> None:
         if truncated:
@@ -860,6 +922,44 @@ def matrix(
                 columns,
                 scoring.matrix(row_vectors, column_vectors, metric_name),
             )
+
+
+# --- cache -------------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=f"Examples:\n\n"
+    f"  {PROG} cache\n\n"
+    f"  {PROG} cache --clear\n\n"
+    f"  {PROG} cache --clear --model minilm"
+)
+def cache(
+    clear: Annotated[bool, typer.Option("--clear", help="Delete the cached embeddings.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="With --clear: only this model's (as named when cached)."
+        ),
+    ] = None,
+) -> None:
+    """Show the embedding cache (where, how big, hits per model), or clear it."""
+    from modernbert_cli.cache import EmbeddingCache, default_path
+    from modernbert_cli.model import canonical_name
+
+    session = Session.start(quiet=False)
+    store = EmbeddingCache(default_path(), warn=session.warn)
+    if model is not None and not clear:
+        raise UsageError("--model goes with --clear")
+    if clear:
+        deleted = store.clear(canonical_name(model) if model else None)
+        if deleted is None:  # the file was damaged: it went whole
+            session.note(f"deleted the damaged cache file {store.path} (every model's entries)")
+        else:
+            session.note(f"deleted {deleted:,} cached embedding(s) from {store.path}")
+        return
+    # Looking must not create the file: an absent cache is shown as empty.
+    models = store.stats() if store.path.exists() else []
+    render.write_cache_stats(sys.stdout, store.path, store.size_bytes(), models)
 
 
 # --- running -----------------------------------------------------------------------------

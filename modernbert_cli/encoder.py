@@ -1,10 +1,12 @@
-"""Turning texts into embeddings with a loaded sentence-transformers model.
+"""Turning texts into embeddings: the cache first, then the model for what is missing.
 
 :class:`Encoder` gives the numbers of ``SentenceTransformer.encode`` (prompts,
-normalisation, precision, truncated dimensions) through the faster
-:class:`~modernbert_cli.engine.Engine`, and falls back to ``encode`` itself for a
-model the engine does not know. It also counts what a command-line user needs to
-know: the texts cut at the model's token limit.
+normalisation, precision, truncated dimensions). It asks the
+:class:`~modernbert_cli.cache.EmbeddingCache` first, sends only the texts it lacks
+to the faster :class:`~modernbert_cli.engine.Engine` (or to ``encode`` itself for a
+model the engine does not know), and loads the model only when some text is
+missing: a fully cached run never imports torch's model stack at all. It also
+counts what a command-line user needs to know: the texts cut at the token limit.
 
 >>> encoder = Encoder(model.load(ModelSpec("minilm")), "minilm")  # doctest: +SKIP
 >>> encoder.encode(["a cat", "a dog"]).shape  # doctest: +SKIP
@@ -13,14 +15,18 @@ know: the texts cut at the model's token limit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from modernbert_cli.engine import Engine, EngineOptions, ProgressFn
 from modernbert_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from modernbert_cli.cache import EmbeddingCache
+    from modernbert_cli.model import ModelFiles
 
 Role = Literal["query", "document"]
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -38,60 +44,120 @@ class EncodeOptions:
 
 
 class Encoder:
-    """A loaded model, ready to embed texts, one call or one chunk of a stream at a time."""
+    """A model, loaded now or on first need, ready to embed texts a call or a chunk at a time.
+
+    Give ``model`` to use a loaded model, or ``loader`` (returning the model and its
+    devices) to load it only when a text is not in ``cache``.
+    """
 
     def __init__(
         self,
-        model: Any,
-        name: str,
+        model: Any = None,
+        name: str = "model",
         devices: Sequence[str] | None = None,
         engine_options: EngineOptions | None = None,
         expected_texts: int | None = None,
+        *,
+        loader: Callable[[], tuple[Any, list[str]]] | None = None,
+        cache: EmbeddingCache | None = None,
+        files: ModelFiles | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
-        self.model = model
         self.name = name
         self.truncated = 0  # texts cut at max_seq_length so far
+        self.hits = 0  # texts found in the cache
+        self.misses = 0  # texts the model embedded
         self.progress: ProgressFn | None = None
+        self.cache = cache
+        self.files = files
+        self._settings = settings or {}
+        self._engine_options = engine_options or EngineOptions()
+        self._expected = expected_texts
+        self._loader = loader
         self._ranges: dict[str, np.ndarray] = {}  # int8/uint8 calibration, per role
-        devices = list(devices or [str(model.device)])
-        engine_options = engine_options or EngineOptions()
-        if _engine_can_run(model):
-            self.engine: Engine | None = Engine(model, devices, engine_options, expected_texts)
-        else:
-            if len(devices) > 1 or engine_options.quantize != "none":
-                raise UsageError(
-                    f"model '{name}' is not a plain text model: several devices and "
-                    "--quantize are not available for it"
-                )
-            self.engine = None
+        self._fingerprints: dict[tuple[Any, ...], str] = {}
+        self._counts: dict[str, list[int]] = {}  # fingerprint -> [hits, misses]
+        self._model: Any = None
+        self._engine: Engine | None = None
+        if model is not None:
+            self._attach(model, list(devices or [str(model.device)]))
 
-    def check(self, options: EncodeOptions) -> None:
-        """Reject options this model cannot honour, before any work is done."""
-        if options.prompt is not None and options.prompt_name is not None:
-            raise UsageError("--prompt and --prompt-name exclude each other")
-        known = sorted(k for k, v in (self.model.prompts or {}).items() if v)
-        if options.prompt_name is not None and options.prompt_name not in known:
+    # -- the model, on demand ------------------------------------------------------------
+
+    def _attach(self, model: Any, devices: list[str]) -> None:
+        self._model = model
+        if _engine_can_run(model):
+            self._engine = Engine(model, devices, self._engine_options, self._expected)
+        elif len(devices) > 1 or self._engine_options.quantize != "none":
             raise UsageError(
-                f"--prompt-name '{options.prompt_name}': model '{self.name}' defines "
-                + (f"the prompts {', '.join(known)}" if known else "no prompts")
-            )
-        if options.truncate_dim is not None and not 1 <= options.truncate_dim <= self.dimensions:
-            raise UsageError(
-                f"--truncate-dim must be between 1 and the model's {self.dimensions} dimensions"
+                f"model '{self.name}' is not a plain text model: several devices and "
+                "--quantize are not available for it"
             )
 
     @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            if self._loader is None:
+                raise RuntimeError("Encoder has neither a model nor a loader")
+            self._attach(*self._loader())
+        return self._model
+
+    @property
+    def engine(self) -> Engine | None:
+        _ = self.model
+        return self._engine
+
+    def _config(self, key: str, default: Any = None) -> Any:
+        """A setting of the model: from the loaded model, else from its files."""
+        if self._model is None and self.files is not None and self.files.directory is not None:
+            return self.files.config().get(key, default)
+        value = getattr(self.model, key, None)
+        return default if value is None else value
+
+    @property
     def max_seq_length(self) -> int:
-        return int(self.model.max_seq_length)
+        return int(self._settings.get("max_seq_length") or self._config("max_seq_length", 0))
+
+    @property
+    def similarity_fn_name(self) -> str:
+        return str(self._config("similarity_fn_name", "cosine"))
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(self._config("prompts", {}) or {})
+
+    def prompt_for(self, role: Role) -> str:
+        """The model's own prompt for ``role`` ("" when it has none)."""
+        return self.prompts.get(role) or ""
 
     @property
     def dimensions(self) -> int:
         get = getattr(self.model, "get_embedding_dimension", None)  # sentence-transformers >= 6
         return int(get() if get else self.model.get_sentence_embedding_dimension())
 
-    @property
-    def similarity_fn_name(self) -> str:
-        return str(self.model.similarity_fn_name)
+    def check(self, options: EncodeOptions) -> None:
+        """Reject options that cannot make sense, before any work is done."""
+        if options.prompt is not None and options.prompt_name is not None:
+            raise UsageError("--prompt and --prompt-name exclude each other")
+        known = sorted(k for k, v in self.prompts.items() if v)
+        if options.prompt_name is not None and options.prompt_name not in known:
+            raise UsageError(
+                f"--prompt-name '{options.prompt_name}': model '{self.name}' defines "
+                + (f"the prompts {', '.join(known)}" if known else "no prompts")
+            )
+
+    def close(self) -> None:
+        """Record this run's cache hits and misses (for ``modernbert-cli cache``)."""
+        if self.cache is not None:
+            for fingerprint, (hits, misses) in self._counts.items():
+                self.cache.record(fingerprint, self.name, hits, misses)
+            self.cache.close()
+
+    # -- encoding ------------------------------------------------------------------------
 
     def encode(
         self,
@@ -106,23 +172,85 @@ class Encoder:
         stream of calls, int8/uint8 use the ranges of the first call, so every chunk
         is quantized alike.
         """
-        prompt = self._prompt_text(options, role)
-        if self.engine is None:
-            self.truncated += self._count_truncated(texts, prompt)
-            vectors = self._encode_with_sentence_transformers(texts, options, role)
+        raw, truncated = self._raw(texts, options, role)
+        self.truncated += int(truncated.sum())
+        if options.truncate_dim is not None:
+            if not 1 <= options.truncate_dim <= raw.shape[1]:
+                raise UsageError(
+                    f"--truncate-dim must be between 1 and the model's {raw.shape[1]} dimensions"
+                )
+            raw = raw[:, : options.truncate_dim]
+        if options.normalize:  # as torch.nn.functional.normalize, which encode uses
+            norms = np.linalg.norm(raw, axis=1, keepdims=True)
+            raw = raw / np.maximum(norms, 1e-12)
+        return self._quantize(raw.astype(np.float32, copy=False), options.precision, role)
+
+    def _raw(
+        self, texts: Sequence[str], options: EncodeOptions, role: Role | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's float32 outputs and which texts were truncated: cache, then model."""
+        if self.cache is None or self.cache.disabled or not texts:
+            self.misses += len(texts)
+            return self._compute(texts, options, role)
+        from modernbert_cli.cache import text_key
+
+        fingerprint = self._fingerprint(options, role)
+        keys = [text_key(text) for text in texts]
+        found = self.cache.lookup(fingerprint, keys)
+        missing = list({k: i for i, k in enumerate(keys) if k not in found}.values())
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        counts = self._counts.setdefault(fingerprint, [0, 0])
+        counts[0] += len(texts) - len(missing)
+        counts[1] += len(missing)
+        if missing:
+            vectors, cut = self._compute([texts[i] for i in missing], options, role)
+            fresh = {keys[i]: (vectors[j], bool(cut[j])) for j, i in enumerate(missing)}
+            self.cache.store(fingerprint, self.name, [(k, v, c) for k, (v, c) in fresh.items()])
         else:
-            lengths = self.engine.token_lengths(texts, prompt)
-            self.truncated += int((lengths > self.max_seq_length).sum())
-            vectors = self.engine.encode(
-                texts,
-                prompt=prompt or None,
-                task=role,
-                normalize=options.normalize,
-                truncate_dim=options.truncate_dim,
-                lengths=lengths,
-                progress=self.progress,
-            )
-        return self._quantize(vectors, options.precision, role)
+            fresh = {}
+        if self.progress is not None and len(missing) < len(texts):
+            self.progress(len(texts) - len(missing), 0)
+        rows = [fresh[k] if k in fresh else (found[k].vector, found[k].truncated) for k in keys]
+        vectors = np.stack([vector for vector, _ in rows]).astype(np.float32, copy=False)
+        return vectors, np.fromiter((cut for _, cut in rows), dtype=bool, count=len(rows))
+
+    def _compute(
+        self, texts: Sequence[str], options: EncodeOptions, role: Role | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        engine = self.engine  # loads the model on first need
+        self.check(options)
+        prompt = self._prompt_text(options, role)
+        lengths = (
+            engine.token_lengths(texts, prompt)
+            if engine is not None
+            else self._token_lengths(texts, prompt)
+        )
+        truncated = lengths > int(self.model.max_seq_length)
+        if engine is None:
+            return self._encode_with_sentence_transformers(texts, options, role), truncated
+        vectors = engine.encode(
+            texts, prompt=prompt or None, task=role, lengths=lengths, progress=self.progress
+        )
+        return vectors, truncated
+
+    def _fingerprint(self, options: EncodeOptions, role: Role | None) -> str:
+        """The cache key of the model as it runs now, with this prompt (and task)."""
+        from modernbert_cli.cache import fingerprint
+
+        files = self.files
+        if files is not None and files.directory is None:
+            _ = self.model  # a hub model not yet downloaded: its files come with it
+            self.files = files = files.refreshed()
+        # The prompt text, not how it was asked for: embed and similar share entries.
+        prompt = self._prompt_text(options, role)
+        task = role if files is not None and files.has_router() else None
+        key = (prompt, task)
+        if key not in self._fingerprints:
+            settings = {**self._settings, "prompt": prompt, "task": task}
+            directory = files.directory if files is not None else None
+            self._fingerprints[key] = fingerprint(directory, self.name, settings)
+        return self._fingerprints[key]
 
     def _encode_with_sentence_transformers(
         self, texts: Sequence[str], options: EncodeOptions, role: Role | None
@@ -136,8 +264,6 @@ class Encoder:
             list(texts),
             prompt=options.prompt,
             prompt_name=options.prompt_name,
-            normalize_embeddings=options.normalize,
-            truncate_dim=options.truncate_dim,
             convert_to_numpy=True,
         )
         if self.progress is not None:
@@ -165,24 +291,20 @@ class Encoder:
             return quantize_embeddings(vectors, precision=precision, ranges=self._ranges[key])
         return quantize_embeddings(vectors, precision=precision)
 
-    def prompt_for(self, role: Role) -> str:
-        """The model's own prompt for ``role`` ("" when it has none)."""
-        return (self.model.prompts or {}).get(role) or ""
-
     def _prompt_text(self, options: EncodeOptions, role: Role | None) -> str:
         """The text sentence-transformers puts before each input (as ``_resolve_prompt``)."""
         if options.prompt is not None:
             return options.prompt
-        prompts = self.model.prompts or {}
+        prompts = self.prompts
         name = options.prompt_name or (role if role in prompts else None)
         if name is None and role is None:
-            name = self.model.default_prompt_name
+            name = self._config("default_prompt_name")
         return prompts.get(name) or "" if name else ""
 
-    def _count_truncated(self, texts: Sequence[str], prompt: str = "") -> int:
+    def _token_lengths(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
         tokenizer = getattr(self.model, "tokenizer", None)
         if tokenizer is None or not texts:
-            return 0
+            return np.zeros(len(texts), dtype=np.int64)
         encoded = tokenizer(
             [prompt + text for text in texts],
             add_special_tokens=True,
@@ -191,7 +313,7 @@ class Encoder:
             return_token_type_ids=False,
             verbose=False,
         )["input_ids"]
-        return sum(len(ids) > self.max_seq_length for ids in encoded)
+        return np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
 
 
 def _engine_can_run(model: Any) -> bool:

@@ -11,6 +11,7 @@ that need them: importing them here would cost seconds on every ``--help``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -57,6 +58,77 @@ class ResolvedModel:
     location: str  # a directory path or a hub repo id
     is_local: bool
     cached: bool = False  # a hub id whose files are all in the local cache
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a model's files are, read without loading it (no torch)."""
+
+    name: str
+    directory: Path | None  # None: a hub model not downloaded yet
+
+    @classmethod
+    def find(cls, name: str) -> ModelFiles:
+        resolved = resolve(name)
+        if resolved.is_local:
+            return cls(name, Path(resolved.location))
+        if resolved.cached:
+            from huggingface_hub import try_to_load_from_cache
+
+            for entry in ("modules.json", "config.json"):
+                hit = try_to_load_from_cache(resolved.location, entry)
+                if isinstance(hit, str):
+                    return cls(name, Path(hit).parent)
+        return cls(name, None)
+
+    def refreshed(self) -> ModelFiles:
+        """Look again (after a download)."""
+        return ModelFiles.find(self.name)
+
+    def has_router(self) -> bool:
+        """Whether the model routes queries and documents through different modules."""
+        try:
+            modules = json.loads((self.directory / "modules.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return False
+        return any("Router" in str(entry.get("type", "")) for entry in modules)
+
+    def config(self) -> dict[str, Any]:
+        """The sentence-transformers settings kept in the model's files."""
+        merged: dict[str, Any] = {}
+        for file in ("sentence_bert_config.json", "config_sentence_transformers.json"):
+            try:
+                merged.update(json.loads((self.directory / file).read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+        if not isinstance(merged.get("max_seq_length"), int):
+            limit = self._max_seq_length()
+            if limit is not None:
+                merged["max_seq_length"] = limit
+        return merged
+
+    def _max_seq_length(self) -> int | None:
+        """The token limit where sentence-transformers keeps it: the first module's
+        sentence_bert_config.json (a 0_Transformer folder in older models), else its
+        tokenizer's model_max_length (sentence-transformers >= 6 saves it only there)."""
+        folder = self.directory
+        try:
+            modules = json.loads((self.directory / "modules.json").read_text())
+            folder = self.directory / str(modules[0].get("path") or "")
+        except (OSError, ValueError, TypeError, LookupError, AttributeError):
+            pass
+        for file, key in (
+            ("sentence_bert_config.json", "max_seq_length"),
+            ("tokenizer_config.json", "model_max_length"),
+        ):
+            try:
+                value = json.loads((folder / file).read_text()).get(key)
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue
+            # transformers writes int(1e30) for "no limit"
+            if isinstance(value, int) and 0 < value < 1 << 32:
+                return value
+        return None
 
 
 def canonical_name(name: str) -> str:

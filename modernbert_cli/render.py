@@ -15,11 +15,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from modernbert_cli.errors import OutputError, StdoutClosed, UsageError
 from modernbert_cli.inputs import Text
-from modernbert_cli.scoring import Hit
+
+if TYPE_CHECKING:
+    from modernbert_cli.scoring import Hit
 
 EMBED_FORMATS = ("table", "jsonl", "json", "csv", "tsv", "npy")
 SIMILAR_FORMATS = ("table", "jsonl", "json", "csv", "tsv")
@@ -492,3 +494,32 @@ def write_pairs(
         write = _row_writer(stream, fmt)
         for x, y, s in triples:
             write([s, x.text, y.text])
+
+
+# --- cache -------------------------------------------------------------------------------
+
+
+def write_cache_stats(stream: IO[str], path: Any, size: int, models: Sequence[Any]) -> None:
+    """The cache's place, size and per-model counts, as a table."""
+    from rich.table import Table
+
+    console = _console(stream)
+    console.print(f"embedding cache: {path}", soft_wrap=True, highlight=False)
+    console.print(f"size: {size / 2**20:,.1f} MB", highlight=False)
+    table = Table()
+    table.add_column("model", ratio=1)
+    table.add_column("entries", justify="right")
+    table.add_column("hits", justify="right")
+    table.add_column("misses", justify="right")
+    table.add_column("fingerprint", style="dim")
+    for row in models:
+        table.add_row(
+            _line(row.name),
+            f"{row.entries:,}",
+            f"{row.hits:,}",
+            f"{row.misses:,}",
+            row.fingerprint[:12],
+        )
+    if not models:
+        table.caption = "empty"
+    console.print(table)

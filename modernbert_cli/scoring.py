@@ -1,8 +1,11 @@
 """Similarity scores and rankings from embeddings.
 
-Scores come from sentence-transformers' own similarity functions, so they equal
-``model.similarity`` (rankings score in float64, so theirs may differ in the last bit
-of a float32). Results are plain data (:class:`Hit`, numpy arrays).
+The metrics are sentence-transformers' (``cosine``, ``dot``, and ``euclidean`` and
+``manhattan`` as negative distances), computed here with numpy in float64 and
+returned as float32: they equal ``model.similarity`` to float rounding, need no torch
+(so a client of a warm server stays light), and do not depend on how a corpus is
+chunked, which keeps ties in corpus order. Results are plain data (:class:`Hit`,
+numpy arrays).
 
 >>> hits = top_k(np.eye(2, dtype="float32")[:1], np.eye(2, dtype="float32"), "cosine", k=1)
 >>> hits[0][0].index, round(hits[0][0].score, 3)
@@ -34,30 +37,58 @@ class Hit:
     item: Any = None
 
 
-def _functions(metric: str):
-    # sentence-transformers (and torch) are imported only once scores are needed.
-    from sentence_transformers import SimilarityFunction
-
-    return (
-        SimilarityFunction.to_similarity_fn(metric),
-        SimilarityFunction.to_similarity_pairwise_fn(metric),
-    )
+# Manhattan needs rows × columns × dimensions of work space: this many elements at once.
+_MANHATTAN_BLOCK = 1 << 22
 
 
 def _as_float(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def _unit(array: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1, as torch.nn.functional.normalize (eps 1e-12)."""
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+def _scores(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """float64 all-pairs scores of float64 rows."""
+    if metric == "cosine":
+        return _unit(a) @ _unit(b).T
+    if metric == "dot":
+        return a @ b.T
+    if metric == "euclidean":
+        squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * (a @ b.T)
+        return -np.sqrt(np.maximum(squared, 0.0))
+    if metric == "manhattan":
+        out = np.empty((len(a), len(b)))
+        rows = max(1, _MANHATTAN_BLOCK // max(1, len(b) * a.shape[1]))
+        for start in range(0, len(a), rows):
+            block = a[start : start + rows, None, :] - b[None, :, :]
+            out[start : start + rows] = -np.abs(block).sum(-1)
+        return out
+    raise ValueError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
 
 
 def matrix(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """All-pairs scores: ``out[i, j] = metric(a[i], b[j])``."""
-    full, _ = _functions(metric)
-    return full(_as_float(a), _as_float(b)).cpu().numpy()
+    return _scores(_as_float(a), _as_float(b), metric).astype(np.float32)
 
 
 def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """One score per row pair: ``out[i] = metric(a[i], b[i])``."""
-    _, pair = _functions(metric)
-    return pair(_as_float(a), _as_float(b)).cpu().numpy()
+    a, b = _as_float(a), _as_float(b)
+    if metric == "cosine":
+        scores = (_unit(a) * _unit(b)).sum(1)
+    elif metric == "dot":
+        scores = (a * b).sum(1)
+    elif metric == "euclidean":
+        scores = -np.linalg.norm(a - b, axis=1)
+    elif metric == "manhattan":
+        scores = -np.abs(a - b).sum(1)
+    else:
+        raise ValueError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    return scores.astype(np.float32)
 
 
 def top_k(
@@ -93,18 +124,12 @@ class TopK:
 
     def add(self, queries: np.ndarray, corpus: np.ndarray, items: Sequence[Any]) -> None:
         """Score one chunk of the corpus (``items`` label its rows) and keep the best."""
-        import torch
-
-        full, _ = _functions(self.metric)
-        # Scored in float64, then rounded to float32: BLAS picks its kernels by matrix
-        # shape, so float32 products can differ in the last bit with the chunk's size
-        # (or a row's position), which would break ties and depend on the chunking.
-        corpus_t = torch.from_numpy(_as_float(corpus)).double()
+        corpus64 = _as_float(corpus)
         offset, self.seen = self.seen, self.seen + len(corpus)
         for start in range(0, len(queries), _ROW_CHUNK):
-            query_t = torch.from_numpy(_as_float(queries[start : start + _ROW_CHUNK]))
-            scores = full(query_t.double(), corpus_t).float()
-            for row, chunk_scores in enumerate(scores.cpu().numpy(), start):
+            block = _as_float(queries[start : start + _ROW_CHUNK])
+            scores = _scores(block, corpus64, self.metric).astype(np.float32)
+            for row, chunk_scores in enumerate(scores, start):
                 self._merge(row, chunk_scores, offset)
         kept = {int(i) for indices in self._indices for i in indices}
         self._items = {i: self._items[i] if i < offset else items[i - offset] for i in kept}

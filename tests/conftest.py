@@ -31,6 +31,8 @@ def offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPa
     hf_home = tmp_path_factory.mktemp("hf_home")
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Each test gets an empty embedding cache of its own, never the user's.
+    monkeypatch.setenv("MODERNBERT_CLI_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("COLUMNS", "100")
     monkeypatch.setenv("NO_COLOR", "1")
     for name in ("MODERNBERT_CLI_MODEL", "MODERNBERT_CLI_DEBUG", "FORCE_COLOR", "TTY_COMPATIBLE"):

@@ -213,8 +213,9 @@ def test_ctrl_c_while_reading_stdin(tiny_model: str) -> None:
 
 def test_ctrl_c_while_embedding(tmp_path: Path, tiny_model: str) -> None:
     source = tmp_path / "long.txt"
-    # 3000 texts of 100 words: seconds of work for the tiny model, after loading it.
-    lines = (" ".join(f"word{(i * 7 + j) % 97}" for j in range(100)) for i in range(3000))
+    # 3000 different texts of 100 words (the cache embeds a repeated text once): seconds
+    # of work for the tiny model, after loading it.
+    lines = (f"{i} " + " ".join(f"word{(i * 7 + j) % 97}" for j in range(99)) for i in range(3000))
     source.write_text("".join(f"{line}\n" for line in lines))
     process = subprocess.Popen(
         [*PYTHON_M, "embed", "-i", str(source), "-m", tiny_model],

@@ -1,0 +1,409 @@
+"""A persistent embedding cache: a real SQLite file, so no text is embedded twice.
+
+Keys are a *fingerprint* of everything that changes a vector (the model's files
+and their sizes and times, ``max_seq_length``, the prompt, the precision the
+model runs in) and a hash of the text. Values are the model's float32 output,
+stored exactly, so cached numbers equal freshly computed ones bit for bit; each
+row carries a CRC of its key and bytes, and a row that fails it is never returned.
+
+Several processes may use the file at once (WAL journal, short transactions, a
+busy timeout). A cache that cannot be opened or read, or that turns out corrupt,
+costs one warning on stderr and is then left alone: the command still succeeds.
+The file is bounded (``max_bytes``); the least recently used rows go first.
+
+>>> cache = EmbeddingCache(Path("/tmp/c.sqlite3"))  # doctest: +SKIP
+>>> cache.lookup("fingerprint", [text_key("a cat")])  # doctest: +SKIP
+{}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+CACHE_DIR_ENV = "MODERNBERT_CLI_CACHE_DIR"
+CACHE_FILE = "embeddings.sqlite3"
+DEFAULT_MAX_MB = 2048
+
+# SQLite allows 32,766 host parameters per statement; stay well below.
+_BATCH = 900
+_BUSY_TIMEOUT_MS = 10_000
+_SCHEMA_VERSION = 1
+
+# A rowid table (vectors are kilobytes: too big for a WITHOUT ROWID b-tree), rows
+# keyed by a small model number rather than the 64-character fingerprint.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    misses INTEGER NOT NULL DEFAULT 0,
+    last_used INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    model INTEGER NOT NULL REFERENCES models (id),
+    text_key BLOB NOT NULL,
+    vector BLOB NOT NULL,
+    truncated INTEGER NOT NULL,
+    crc INTEGER NOT NULL,
+    last_used INTEGER NOT NULL,
+    UNIQUE (model, text_key)
+);
+CREATE INDEX IF NOT EXISTS embeddings_last_used ON embeddings (last_used);
+"""
+
+
+def default_path() -> Path:
+    """``$MODERNBERT_CLI_CACHE_DIR/embeddings.sqlite3``, else the platform's user cache folder."""
+    folder = os.environ.get(CACHE_DIR_ENV)
+    if not folder:
+        from platformdirs import user_cache_dir
+
+        folder = user_cache_dir("modernbert-cli", appauthor=False)
+    return Path(folder) / CACHE_FILE
+
+
+def text_key(text: str) -> bytes:
+    """16 bytes of BLAKE2b: collisions are out of reach, rows stay small."""
+    import hashlib
+
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def fingerprint(model_dir: Path | None, name: str, settings: dict[str, Any]) -> str:
+    """Everything that changes a vector: the model's files (path, size, mtime) and settings.
+
+    Rewriting the weights under the same path changes their size or time, and so the
+    fingerprint: an old vector is never served for a new model.
+    """
+    import hashlib
+
+    files: list[tuple[str, int, int]] = []
+    if model_dir is not None:
+        for path in sorted(model_dir.rglob("*")):
+            if path.is_file() and not any(part.startswith(".") for part in path.parts[-2:]):
+                stat = path.stat()  # follows the hub cache's links to its blobs
+                files.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
+    payload = {
+        "model": str(model_dir.resolve()) if model_dir else name,
+        "files": files,
+        **settings,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Cached:
+    vector: np.ndarray
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    name: str
+    fingerprint: str
+    entries: int
+    hits: int
+    misses: int
+    last_used: int
+
+
+class EmbeddingCache:
+    """The cache file, opened lazily; every failure turns it off with one warning."""
+
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = DEFAULT_MAX_MB << 20,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._warn = warn or (lambda message: print(message, file=sys.stderr))
+        self._db: sqlite3.Connection | None = None
+        self.disabled = False
+        self.damaged = 0  # rows that failed their check and were ignored
+        self.error: BaseException | None = None  # what turned the cache off
+
+    # -- opening and failing safely ------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self.disabled:
+            return None
+        if self._db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(
+                    self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                )
+                db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = NORMAL")
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version not in (0, _SCHEMA_VERSION):
+                    raise sqlite3.DatabaseError(f"unknown cache format {version}")
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                self._db = db
+            except (sqlite3.Error, OSError) as error:
+                self._fail(error)
+        return self._db
+
+    def _fail(self, error: BaseException) -> None:
+        """Turn the cache off for this run, with one warning; the command goes on without it."""
+        self.error = self.error or error
+        if not self.disabled:
+            self._warn(
+                f"warning: embedding cache {self.path} is unusable ({error}); going on "
+                "without it (delete the file, or run: modernbert-cli cache --clear)"
+            )
+        self.disabled = True
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- the work --------------------------------------------------------------------------
+
+    def lookup(self, fingerprint: str, keys: Sequence[bytes]) -> dict[bytes, Cached]:
+        """The cached vectors among ``keys`` (missing and damaged ones are left out)."""
+        db = self._connect()
+        if db is None or not keys:
+            return {}
+        import numpy
+
+        found: dict[bytes, Cached] = {}
+        now = int(time.time())
+        try:
+            model = self._model_id(db, fingerprint)
+            if model is None:
+                return {}
+            for start in range(0, len(keys), _BATCH):
+                batch = list(dict.fromkeys(keys[start : start + _BATCH]))
+                marks = ",".join("?" * len(batch))
+                rows = db.execute(
+                    f"SELECT rowid, text_key, vector, truncated, crc FROM embeddings "
+                    f"WHERE model = ? AND text_key IN ({marks})",
+                    (model, *batch),
+                ).fetchall()
+                used = []
+                for rowid, key, blob, truncated, crc in rows:
+                    if _crc(fingerprint, key, blob, truncated) != crc or len(blob) % 4:
+                        self.damaged += 1
+                        continue
+                    vector = numpy.frombuffer(blob, dtype="<f4")
+                    found[key] = Cached(vector, bool(truncated))
+                    used.append(rowid)
+                if used:
+                    marks = ",".join("?" * len(used))
+                    db.execute(
+                        f"UPDATE embeddings SET last_used = ? WHERE rowid IN ({marks})",
+                        (now, *used),
+                    )
+        except sqlite3.Error as error:
+            self._fail(error)
+            return {}
+        return found
+
+    def store(
+        self,
+        fingerprint: str,
+        name: str,
+        items: Iterable[tuple[bytes, np.ndarray, bool]],
+    ) -> None:
+        """Add (key, float32 vector, truncated) rows, in short transactions."""
+        import numpy
+
+        db = self._connect()
+        if db is None:
+            return
+        now = int(time.time())
+        items = list(items)
+        try:
+            # A slice at a time, each followed by eviction: a big chunk of new rows
+            # takes the file past its bound by one slice, not by the whole chunk.
+            for start in range(0, len(items), _BATCH):
+                with _transaction(db):
+                    model = self._model_id(db, fingerprint, name, create=True)
+                    rows = []
+                    for key, vector, truncated in items[start : start + _BATCH]:
+                        blob = numpy.ascontiguousarray(vector, dtype="<f4").tobytes()
+                        crc = _crc(fingerprint, key, blob, truncated)
+                        rows.append((model, key, blob, int(truncated), crc, now))
+                    db.executemany(
+                        "INSERT OR REPLACE INTO embeddings "
+                        "(model, text_key, vector, truncated, crc, last_used) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                self._evict(db)
+        except sqlite3.Error as error:
+            self._fail(error)
+
+    @staticmethod
+    def _model_id(
+        db: sqlite3.Connection, fingerprint: str, name: str = "", create: bool = False
+    ) -> int | None:
+        row = db.execute("SELECT id FROM models WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        if row is not None or not create:
+            return row and row[0]
+        cursor = db.execute(
+            "INSERT INTO models (fingerprint, name, last_used) VALUES (?, ?, ?)",
+            (fingerprint, name, int(time.time())),
+        )
+        return cursor.lastrowid
+
+    def record(self, fingerprint: str, name: str, hits: int, misses: int) -> None:
+        """Count this run's hits and misses for ``modernbert-cli cache``."""
+        db = self._connect()
+        if db is None:
+            return
+        try:
+            db.execute(
+                "INSERT INTO models (fingerprint, name, hits, misses, last_used) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
+                "hits = hits + excluded.hits, misses = misses + excluded.misses, "
+                "name = excluded.name, last_used = excluded.last_used",
+                (fingerprint, name, hits, misses, int(time.time())),
+            )
+        except sqlite3.Error as error:
+            self._fail(error)
+
+    def _evict(self, db: sqlite3.Connection) -> None:
+        """Least recently used rows go until the file is under 90% of its bound."""
+        size = _size(db)
+        if size <= self.max_bytes:
+            return
+        count = db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+        if not count:
+            return
+        # Rows are about the same size: drop the share that brings the file under bound.
+        target = int(count * (1 - 0.9 * self.max_bytes / size)) + 1
+        # Freed pages are reused by later rows, so the file stays within its bound
+        # without a VACUUM (which would rewrite all of it).
+        with _transaction(db):
+            db.execute(
+                "DELETE FROM embeddings WHERE rowid IN "
+                "(SELECT rowid FROM embeddings ORDER BY last_used LIMIT ?)",
+                (target,),
+            )
+
+    # -- for `modernbert-cli cache` --------------------------------------------------------
+
+    def stats(self) -> list[ModelStats]:
+        db = self._connect()
+        if db is None:
+            return []
+        try:
+            rows = db.execute(
+                "SELECT m.name, m.fingerprint, "
+                "(SELECT count(*) FROM embeddings e WHERE e.model = m.id), "
+                "m.hits, m.misses, m.last_used FROM models m ORDER BY m.last_used DESC"
+            ).fetchall()
+        except sqlite3.Error as error:
+            self._fail(error)
+            return []
+        return [ModelStats(*row) for row in rows]
+
+    def size_bytes(self) -> int:
+        files = [self.path, Path(f"{self.path}-wal")]
+        return sum(f.stat().st_size for f in files if f.exists())
+
+    def clear(self, name: str | None = None) -> int | None:
+        """Delete every row (or one model's); returns how many went.
+
+        A file that SQLite finds damaged (corrupt, or no database at all) is deleted
+        whole, with its -wal and -shm files, so every model's entries go: then the
+        answer is None. Any other failure (a lock held too long, no permission) is an
+        error, and the file is left as it is.
+        """
+        if not self.path.exists():
+            return 0  # nothing to clear, and no file to create
+        warn, self._warn = self._warn, lambda message: None  # the caller reports instead
+        try:
+            db = self._connect()
+            if db is None:
+                return self._remove_damaged(self.error)
+            with _transaction(db):
+                if name is None:
+                    deleted = db.execute("DELETE FROM embeddings").rowcount
+                    db.execute("DELETE FROM models")
+                else:
+                    deleted = db.execute(
+                        "DELETE FROM embeddings WHERE model IN "
+                        "(SELECT id FROM models WHERE name = ?)",
+                        (name,),
+                    ).rowcount
+                    db.execute("DELETE FROM models WHERE name = ?", (name,))
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("VACUUM")
+            return deleted
+        except sqlite3.Error as error:
+            self._fail(error)
+            return self._remove_damaged(error)
+        finally:
+            self._warn = warn
+
+    def _remove_damaged(self, error: BaseException | None) -> None:
+        """Delete the cache file and its journal files, if ``error`` says it is damaged."""
+        from modernbert_cli.errors import OutputError
+
+        self.close()
+        # Corrupt or not a database: DatabaseError itself. Locked, read-only, I/O: its
+        # OperationalError subclass; OSError: the folder. Those are no reason to delete.
+        damaged = isinstance(error, sqlite3.DatabaseError) and not isinstance(
+            error, sqlite3.OperationalError
+        )
+        if not damaged:
+            raise OutputError(f"cannot clear the embedding cache {self.path}: {error}")
+        for file in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                file.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise OutputError(
+                    f"cannot delete the damaged cache file {file}: {error.strerror or error}"
+                ) from None
+
+
+class _transaction:
+    """BEGIN IMMEDIATE … COMMIT: the write lock is taken up front, so no deadlock on upgrade."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _size(db: sqlite3.Connection) -> int:
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    return (pages - free) * db.execute("PRAGMA page_size").fetchone()[0]
+
+
+def _crc(fingerprint: str, key: bytes, blob: bytes, truncated: bool | int) -> int:
+    return zlib.crc32(blob, zlib.crc32(key, zlib.crc32(f"{fingerprint}{int(truncated)}".encode())))
