@@ -51,7 +51,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-memory-"))
     model = args.model or _tiny_model(work)
-    common = ["-m", model, "--device", args.device, "-q"]
+    # No cache: it is the streaming itself that is measured.
+    common = ["-m", model, "--device", args.device, "--no-cache", "--no-server", "-q"]
     commands = {
         "embed → .npy": lambda f: ["embed", "-i", f, "-o", str(work / "out.npy"), *common],
         "embed → .jsonl": lambda f: ["embed", "-i", f, "-o", str(work / "out.jsonl"), *common],

@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from enum import Enum
 from itertools import islice
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 # Texts read, embedded and written at a time: large enough to keep a GPU busy,
 # small enough that memory does not depend on the size of the input.
 CHUNK_TEXTS = 8192
+# How long `serve --detach` waits for the new server to answer (a cold start
+# imports torch and loads the weights).
+_START_TIMEOUT_S = 300.0
+_ALIVE_TIMEOUT_S = 5.0
 # Below this many texts a job is over before a progress bar would help.
 _PROGRESS_MIN_TEXTS = 512
 
@@ -284,6 +288,18 @@ def _model_options() -> list[inspect.Parameter]:
             DEFAULT_MAX_MB,
         ),
         option(
+            "no_server",
+            Annotated[
+                bool,
+                typer.Option(
+                    "--no-server",
+                    rich_help_panel=_MODEL,
+                    help="Work in-process even when 'modernbert-cli serve' runs this model.",
+                ),
+            ],
+            False,
+        ),
+        option(
             "quiet",
             Annotated[
                 bool,
@@ -312,11 +328,51 @@ class Run:
     trust_remote_code: bool
     no_cache: bool
     cache_max_mb: int
+    no_server: bool
     quiet: bool
 
     @property
     def spec(self) -> ModelSpec:
         return ModelSpec(self.model, self.device, self.max_seq_length, self.trust_remote_code)
+
+    def vector_settings(self, dtype: str) -> dict[str, Any]:
+        """The settings that change a vector: part of cache keys and server keys."""
+        return {
+            "max_seq_length": self.max_seq_length,
+            "dtype": dtype,
+            "quantize": self.quantize.value,
+            # The model's own code may compute other numbers than transformers' own.
+            "trust_remote_code": self.trust_remote_code,
+        }
+
+    def identity(self) -> tuple[str, dict[str, Any]]:
+        """The model's canonical name and the settings that change its vectors."""
+        from modernbert_cli import model as model_loading
+        from modernbert_cli.engine import effective_dtype
+
+        name = model_loading.canonical_name(self.model)
+        return name, self.vector_settings(effective_dtype(self.device, self.dtype.value))
+
+    def server_key(self) -> str:
+        """Which warm server may answer this run: one with the same model and settings."""
+        from modernbert_cli.client import server_key
+
+        return server_key(*self.identity())
+
+    def argv(self) -> list[str]:
+        """These options as command-line arguments (to start a server with them)."""
+        args = ["-m", self.model, "--device", self.device, "--dtype", self.dtype.value]
+        args += ["--compile", self.compile.value, "--quantize", self.quantize.value]
+        for flag, value in (
+            ("--max-seq-length", self.max_seq_length),
+            ("--max-batch-tokens", self.max_batch_tokens),
+            ("--batch-size", self.batch_size),
+        ):
+            if value is not None:
+                args += [flag, str(value)]
+        if self.trust_remote_code:
+            args.append("--trust-remote-code")
+        return args
 
     @property
     def engine(self) -> EngineOptions:
@@ -449,7 +505,6 @@ class Session:
         from modernbert_cli import model as model_loading
         from modernbert_cli.cache import EmbeddingCache, default_path
         from modernbert_cli.encoder import Encoder
-        from modernbert_cli.engine import effective_dtype
 
         files = model_loading.ModelFiles.find(run.model)  # a bad path fails here, torch-free
 
@@ -463,20 +518,25 @@ class Session:
         cache = None
         if not run.no_cache:
             cache = EmbeddingCache(default_path(), run.cache_max_mb << 20, warn=self.warn)
+        name, settings = run.identity()
+        server = None
+        if not run.no_server:
+            from modernbert_cli.client import ServerClient, ServerError, socket_path
+
+            key = run.server_key()
+            with suppress(OSError, ServerError):  # no runtime folder of ours: no server either
+                if socket_path(key).exists():  # a server for this very model and settings
+                    server = ServerClient(socket_path(key), key)
         encoder = Encoder(
-            name=model_loading.canonical_name(run.model),
+            name=name,
             engine_options=run.engine,
             expected_texts=expected_texts,
             loader=load,
             cache=cache,
+            server=server,
+            note=self.note,
             files=files,
-            settings={
-                "max_seq_length": run.max_seq_length,
-                "dtype": effective_dtype(run.device, run.dtype.value),
-                "quantize": run.quantize.value,
-                # The model's own code may compute other numbers than transformers' own.
-                "trust_remote_code": run.trust_remote_code,
-            },
+            settings=settings,
         )
         try:
             yield encoder
@@ -922,6 +982,183 @@ def matrix(
                 columns,
                 scoring.matrix(row_vectors, column_vectors, metric_name),
             )
+
+
+# --- serve -------------------------------------------------------------------------------
+
+
+@app.command(
+    epilog=f"Examples:\n\n"
+    f"  {PROG} serve --detach -m minilm\n\n"
+    f'  {PROG} similar "what county is hayden in" -i sample_inputs/hayden.txt -m minilm\n\n'
+    f"  {PROG} serve --status\n\n"
+    f"  {PROG} serve --stop -m minilm\n\n"
+    f"  {PROG} serve -m minilm --http 127.0.0.1:8080"
+)
+@run_options
+def serve(
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Start in the background and return when ready.")
+    ] = False,
+    status: Annotated[bool, typer.Option("--status", help="List the running servers.")] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the server of this model and settings.")
+    ] = False,
+    idle_timeout: Annotated[
+        float,
+        typer.Option("--idle-timeout", min=0.01, help="Minutes without a request before exiting."),
+    ] = 30.0,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="Also serve OpenAI-compatible POST /v1/embeddings (host defaults to 127.0.0.1).",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    run: Run,
+) -> None:
+    """Keep a model warm: embed, similar and matrix use it and answer in a fraction of a second."""
+    from modernbert_cli import client
+
+    session = Session.start(run.quiet)
+    if sum((detach, status, stop)) > 1:
+        raise UsageError("--detach, --status and --stop exclude each other")
+    try:
+        client.runtime_dir()
+    except (OSError, client.ServerError) as error:
+        raise UsageError(f"no runtime folder for servers: {error}") from None
+    if status:
+        render.write_servers(sys.stdout, _servers(session))
+        return
+    address = _http_address(http) if http else None
+    name, _ = run.identity()
+    key = run.server_key()
+    path = client.socket_path(key)
+    if stop:
+        connection = client.ServerClient(path, key)
+        try:
+            connection.request({"op": "stop"})
+        except client.ServerError:
+            raise UsageError(f"no server runs {run.model} with these settings") from None
+        finally:
+            connection.close()
+        _wait_removed(path)  # stopped means gone: a new server may start at once
+        session.note(f"stopped the server of {run.model}")
+        return
+    if _alive(path, key):
+        raise UsageError(f"a server for {run.model} already runs on {path}")
+    if detach:
+        _start_detached(session, run, idle_timeout, http, path, key)
+        return
+    _serve_here(session, run, name, key, path, idle_timeout * 60, address)
+
+
+def _serve_here(
+    session: Session,
+    run: Run,
+    name: str,
+    key: str,
+    path: Any,
+    idle_seconds: float,
+    address: tuple[str, int] | None,
+) -> None:
+    from modernbert_cli import model as model_loading
+    from modernbert_cli.encoder import Encoder
+    from modernbert_cli.server import Backend
+    from modernbert_cli.server import serve as serve_forever
+
+    with (
+        session.stderr.status(f"loading {run.model} …")
+        if session.stderr.is_terminal
+        else (nullcontext())
+    ):
+        loaded = model_loading.load(run.spec)
+        encoder = Encoder(
+            loaded, name, model_loading.pick_devices(run.device), run.engine, expected_texts=None
+        )
+    backend = Backend(encoder, key, idle_seconds)
+    try:
+        serve_forever(
+            backend, path, address, ready=lambda where: session.note(f"serving {name} on {where}")
+        )
+    except OSError as error:
+        raise UsageError(f"cannot serve: {error.strerror or error}") from None
+
+
+def _start_detached(
+    session: Session, run: Run, idle_timeout: float, http: str | None, path: Any, key: str
+) -> None:
+    """Start ``serve`` in a new session with its output in a log file; wait until it answers."""
+    import subprocess
+
+    log = path.with_suffix(".log")
+    args = [sys.executable, "-m", "modernbert_cli", "serve", *run.argv()]
+    args += ["--idle-timeout", str(idle_timeout)] + (["--http", http] if http else [])
+    with open(log, "wb") as out:
+        child = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _alive(path, key):
+            session.note(f"server of {run.model} started (pid {child.pid}); log: {log}")
+            return
+        if child.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise CliError(f"the server exited at start: {tail[0]}")
+        time.sleep(0.2)
+    child.terminate()
+    raise CliError(f"the server did not answer within {_START_TIMEOUT_S:.0f} s; see {log}")
+
+
+def _wait_removed(path: Any, timeout: float = 10.0) -> None:
+    """Until a stopped server has removed its socket (it finishes its current poll first)."""
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _alive(path: Any, key: str | None = None) -> bool:
+    from modernbert_cli.client import ServerClient, ServerError
+
+    if not path.exists():
+        return False
+    # A server that accepts but does not answer within seconds is as good as dead here.
+    connection = ServerClient(path, key, timeout=_ALIVE_TIMEOUT_S)
+    try:
+        connection.info()
+        return True
+    except ServerError:
+        return False
+    finally:
+        connection.close()
+
+
+def _servers(session: Session) -> list[dict[str, Any]]:
+    """Every server of this user that answers; stale sockets are removed."""
+    from modernbert_cli.client import ServerClient, ServerError, runtime_dir
+
+    found = []
+    for path in sorted(runtime_dir().glob("*.sock")):
+        connection = ServerClient(path)
+        try:
+            found.append({**connection.info(), "socket": str(path)})
+        except ServerError:
+            path.unlink(missing_ok=True)
+            session.note(f"removed a stale socket: {path}")
+        finally:
+            connection.close()
+    return found
+
+
+def _http_address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--http {value}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host or "127.0.0.1", int(port)
 
 
 # --- cache -------------------------------------------------------------------------------

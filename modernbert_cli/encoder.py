@@ -26,6 +26,7 @@ from modernbert_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from modernbert_cli.cache import EmbeddingCache
+    from modernbert_cli.client import ServerClient
     from modernbert_cli.model import ModelFiles
 
 Role = Literal["query", "document"]
@@ -60,6 +61,8 @@ class Encoder:
         *,
         loader: Callable[[], tuple[Any, list[str]]] | None = None,
         cache: EmbeddingCache | None = None,
+        server: ServerClient | None = None,
+        note: Callable[[str], None] | None = None,
         files: ModelFiles | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
@@ -69,6 +72,8 @@ class Encoder:
         self.misses = 0  # texts the model embedded
         self.progress: ProgressFn | None = None
         self.cache = cache
+        self.server = server
+        self.note = note or (lambda message: None)
         self.files = files
         self._settings = settings or {}
         self._engine_options = engine_options or EngineOptions()
@@ -156,6 +161,8 @@ class Encoder:
             for fingerprint, (hits, misses) in self._counts.items():
                 self.cache.record(fingerprint, self.name, hits, misses)
             self.cache.close()
+        if self.server is not None:
+            self.server.close()
 
     # -- encoding ------------------------------------------------------------------------
 
@@ -218,9 +225,28 @@ class Encoder:
     def _compute(
         self, texts: Sequence[str], options: EncodeOptions, role: Role | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        engine = self.engine  # loads the model on first need
+        """Vectors for texts the cache lacks: from a warm server if there is one, else here."""
         self.check(options)
         prompt = self._prompt_text(options, role)
+        if self.server is not None:
+            from modernbert_cli.client import ServerError
+
+            try:
+                vectors, truncated = self.server.embed(list(texts), prompt or None, role)
+            except ServerError as error:
+                self.server = None
+                self.note(f"{error}; working in-process instead")
+            else:
+                if self.progress is not None:
+                    self.progress(len(texts), 0)
+                return vectors, truncated
+        return self.compute_prompted(texts, prompt, role)
+
+    def compute_prompted(
+        self, texts: Sequence[str], prompt: str, role: Role | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's float32 vectors for ``prompt + text``, and which texts were truncated."""
+        engine = self.engine  # loads the model on first need
         lengths = (
             engine.token_lengths(texts, prompt)
             if engine is not None
@@ -228,7 +254,7 @@ class Encoder:
         )
         truncated = lengths > int(self.model.max_seq_length)
         if engine is None:
-            return self._encode_with_sentence_transformers(texts, options, role), truncated
+            return self._encode_with_sentence_transformers(texts, prompt, role), truncated
         vectors = engine.encode(
             texts, prompt=prompt or None, task=role, lengths=lengths, progress=self.progress
         )
@@ -253,19 +279,12 @@ class Encoder:
         return self._fingerprints[key]
 
     def _encode_with_sentence_transformers(
-        self, texts: Sequence[str], options: EncodeOptions, role: Role | None
+        self, texts: Sequence[str], prompt: str, role: Role | None
     ) -> np.ndarray:
-        method = {
-            None: self.model.encode,
-            "query": self.model.encode_query,
-            "document": self.model.encode_document,
-        }[role]
-        vectors = method(
-            list(texts),
-            prompt=options.prompt,
-            prompt_name=options.prompt_name,
-            convert_to_numpy=True,
-        )
+        # The prompt is given as text, so plain encode with the task equals
+        # encode_query/encode_document.
+        task = {"task": role} if role else {}
+        vectors = self.model.encode(list(texts), prompt=prompt, convert_to_numpy=True, **task)
         if self.progress is not None:
             self.progress(len(texts), 0)
         return np.asarray(vectors, dtype=np.float32)

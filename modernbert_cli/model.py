@@ -292,6 +292,10 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|torch)\b")
+    from transformers.utils import logging as transformers_logging
+
+    # transformers draws a "Loading weights" bar for every load; downloads keep theirs.
+    transformers_logging.disable_progress_bar()
 
 
 def load(spec: ModelSpec) -> Any:
@@ -310,10 +314,6 @@ def load(spec: ModelSpec) -> Any:
         )
     quiet_libraries()
     from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as transformers_logging
-
-    # transformers draws a "Loading weights" bar for every load; downloads keep theirs.
-    transformers_logging.disable_progress_bar()
 
     try:
         model = SentenceTransformer(

