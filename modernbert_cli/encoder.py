@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from modernbert_cli.engine import Engine, EngineOptions, ProgressFn
+from modernbert_cli.engine import Engine, EngineOptions, ProgressFn, token_lengths
 from modernbert_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -324,15 +324,7 @@ class Encoder:
         tokenizer = getattr(self.model, "tokenizer", None)
         if tokenizer is None or not texts:
             return np.zeros(len(texts), dtype=np.int64)
-        encoded = tokenizer(
-            [prompt + text for text in texts],
-            add_special_tokens=True,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )["input_ids"]
-        return np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        return token_lengths(tokenizer, texts, prompt)
 
 
 def _engine_can_run(model: Any) -> bool:

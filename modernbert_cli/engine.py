@@ -117,17 +117,7 @@ class Engine:
 
     def token_lengths(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
         """Tokens per text with special tokens and prompt, before truncation."""
-        import numpy as np
-
-        encoded = self.tokenizer(
-            [prompt + t for t in texts] if prompt else list(texts),
-            add_special_tokens=True,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )["input_ids"]
-        return np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        return token_lengths(self.tokenizer, texts, prompt)
 
     def plan(self, lengths: np.ndarray) -> list[Batch]:
         """Longest first, each batch within the token budget (padded to its longest text)."""
@@ -253,6 +243,24 @@ def quantize_int8(model: Any) -> Any:
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8)
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str], prompt: str = "") -> np.ndarray:
+    """Tokens per text with special tokens and prompt, before truncation.
+
+    Cheap next to the model: a fast tokenizer does over a million tokens a second.
+    """
+    import numpy as np
+
+    encoded = tokenizer(
+        [prompt + t for t in texts] if prompt else list(texts),
+        add_special_tokens=True,
+        truncation=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+    )["input_ids"]
+    return np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
 
 
 def _forward(

@@ -108,6 +108,33 @@ def cli():
     return invoke
 
 
+def forbid_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, loading a model fails the command (it shows as exit 1)."""
+    from modernbert_cli import model
+
+    def load(spec):
+        raise AssertionError(f"model loaded: {spec!r}")
+
+    monkeypatch.setattr(model, "load", load)
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to load a model fails the test."""
+    forbid_model_loading(monkeypatch)
+
+
+def assert_error(result: Result, status: int, *fragments: str) -> None:
+    """A failure: the exit status, nothing on stdout, one line on stderr naming the problem."""
+    assert result.code == status, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("modernbert-cli: error: ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
 def run_subprocess(
     args: list[str], *, input: bytes | None = None, env: dict[str, str] | None = None, **kwargs
 ) -> subprocess.CompletedProcess:

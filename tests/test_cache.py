@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, forbid_model_loading
 from numpy.testing import assert_allclose, assert_array_equal
 
 from modernbert_cli import cache as cache_module
@@ -37,15 +37,6 @@ LONG_TEXT = " ".join(["volcano"] * 300)  # beyond the tiny model's 128 tokens
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def forbid_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """From now on, loading a model fails the command (it shows as exit 1)."""
-
-    def load(spec):
-        raise AssertionError("model loaded")
-
-    monkeypatch.setattr(model, "load", load)
 
 
 @pytest.fixture
@@ -150,7 +141,7 @@ def prompted(tmp_path_factory: pytest.TempPathFactory):
 def test_second_embed_is_identical_and_loads_no_model(embed, monkeypatch, loads):
     first = embed(*TEXTS)
     assert loads and default_path().is_file()
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     second = embed(*TEXTS)
     assert second.stdout_bytes == first.stdout_bytes
     assert second.stderr == ""
@@ -160,7 +151,7 @@ def test_similar_rerun_loads_no_model(cli, tiny_model, corpus_file, monkeypatch)
     args = ("similar", "-m", tiny_model, "volcanoes", "-i", str(corpus_file), "-f", "jsonl")
     first = cli(*args)
     assert first.code == ExitStatus.OK, first.stderr
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     second = cli(*args)
     assert second.code == ExitStatus.OK, second.stderr
     assert second.stdout_bytes == first.stdout_bytes
@@ -169,7 +160,7 @@ def test_similar_rerun_loads_no_model(cli, tiny_model, corpus_file, monkeypatch)
 def test_matrix_rerun_loads_no_model(cli, tiny_model, monkeypatch):
     first = cli("matrix", "-m", tiny_model, *TEXTS, "-f", "csv")
     assert first.code == ExitStatus.OK, first.stderr
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     second = cli("matrix", "-m", tiny_model, *TEXTS, "-f", "csv")
     assert second.code == ExitStatus.OK, second.stderr
     assert second.stdout_bytes == first.stdout_bytes
@@ -178,7 +169,7 @@ def test_matrix_rerun_loads_no_model(cli, tiny_model, monkeypatch):
 def test_truncation_note_survives_the_cache(embed, monkeypatch, tiny_model):
     first = embed(LONG_TEXT, "short")
     assert "1 of 2 text(s) were longer than 128 tokens" in first.stderr
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     second = embed(LONG_TEXT, "short")
     assert second.stdout_bytes == first.stdout_bytes
     assert second.stderr == first.stderr
@@ -234,7 +225,7 @@ def test_embed_and_similar_share_entries_without_prompts(
     cli, embed, tiny_model, corpus_file, monkeypatch
 ):
     embed("volcanoes", *CORPUS)
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     result = cli("similar", "-m", tiny_model, "volcanoes", "-i", str(corpus_file), "-f", "jsonl")
     assert result.code == ExitStatus.OK, result.stderr
     assert len(model_stats(tiny_model)) == 1  # one fingerprint for query, corpus and embed
@@ -257,7 +248,7 @@ def test_prompted_model_caches_queries_and_documents_apart(
     assert np.abs(as_query - st.encode_document([CORPUS[0]])).max() > 1e-3
 
     # Both kinds are now cached, and equal sentence-transformers' own.
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     query_vector = vectors(embed("--prompt-name", "query", query, model_name=path).stdout)
     documents = vectors(embed("--prompt-name", "document", *CORPUS, model_name=path).stdout)
     expected_query = st.encode_query([query])
@@ -289,7 +280,7 @@ def test_cached_numbers_equal_fresh_ones(embed, st_minilm, monkeypatch):
 
     embed(*TEXTS, model_name="minilm")  # fills the cache with plain vectors
     fresh = {opts: embed("--no-cache", *opts, *TEXTS, model_name="minilm") for opts in OPTIONS}
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     for opts in OPTIONS:  # post-processing happens after the cache
         cached = embed(*opts, *TEXTS, model_name="minilm")
         assert cached.stdout_bytes == fresh[opts].stdout_bytes, opts
@@ -341,7 +332,7 @@ def test_quantize_is_part_of_the_key(embed, monkeypatch):
     fresh = embed("--no-cache", "--quantize", "int8", "--device", "cpu", *TEXTS)
     assert quantized.stdout_bytes == fresh.stdout_bytes
     assert np.abs(vectors(quantized.stdout) - vectors(plain.stdout)).max() > 1e-6
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     again = embed("--quantize", "int8", "--device", "cpu", *TEXTS)
     assert again.stdout_bytes == quantized.stdout_bytes
 
@@ -352,7 +343,7 @@ def test_trust_remote_code_is_part_of_the_key(embed, loads, monkeypatch):
     trusted = embed("--trust-remote-code", *TEXTS)
     assert len(loads) == 2
     assert trusted.stdout_bytes == plain.stdout_bytes  # this model has no code of its own
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     assert embed("--trust-remote-code", *TEXTS).stdout_bytes == trusted.stdout_bytes
 
 
@@ -444,7 +435,7 @@ def test_a_damaged_row_is_recomputed(embed, engine_calls, monkeypatch):
     assert engine_calls == [[TEXTS[1]]]
     assert_allclose(vectors(second.stdout), vectors(first.stdout), atol=1e-6, rtol=0)
     assert second.stderr == ""
-    forbid_loading(monkeypatch)  # the row was written again, correctly
+    forbid_model_loading(monkeypatch)  # the row was written again, correctly
     third = embed(*TEXTS)
     assert third.stdout_bytes == second.stdout_bytes
 
@@ -562,7 +553,7 @@ def test_cache_max_mb_bounds_the_file(embed, monkeypatch):
     (row,) = all_stats()
     entries = row.entries
     assert 1000 < entries < 12_000
-    forbid_loading(monkeypatch)  # the most recent texts are still there
+    forbid_model_loading(monkeypatch)  # the most recent texts are still there
     embed("--cache-max-mb", "1", *(f"item number {n}" for n in range(11_900, 12_000)))
 
 
@@ -622,7 +613,7 @@ def test_cache_command_shows_and_clears_per_model(cli, embed, tiny_model, monkey
     assert result.code == ExitStatus.OK, result.stderr
     assert "deleted 3 cached embedding(s)" in result.stderr
     assert model_stats("minilm") == [] and one_model_stats(tiny_model).entries == 3
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     embed(*TEXTS)  # tiny's entries are all still there
 
     result = cli("cache", "--clear")
@@ -654,7 +645,7 @@ def test_cache_clear_deletes_a_damaged_file(cli, embed, damage, monkeypatch):
 
     again = embed("a", "b")  # a fresh cache, no warning
     assert again.stderr == ""
-    forbid_loading(monkeypatch)
+    forbid_model_loading(monkeypatch)
     assert embed("a", "b").stdout_bytes == again.stdout_bytes
 
 

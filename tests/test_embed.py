@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from modernbert_cli import model, render
+from modernbert_cli import render
 from modernbert_cli.errors import ExitStatus
 
 TEXTS = ["A man is eating food.", "A woman plays the violin.", "The new movie is awesome."]
@@ -21,16 +21,6 @@ MINILM_DIMS = 384
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to load a model fails the test (it shows as exit 1)."""
-
-    def load(spec):
-        raise AssertionError("model loaded")
-
-    monkeypatch.setattr(model, "load", load)
 
 
 @pytest.fixture

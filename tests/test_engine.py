@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_error
 from numpy.testing import assert_allclose
 
 from modernbert_cli import encoder as encoder_module
@@ -122,16 +123,6 @@ def embed_npy(cli, tmp_path: Path, *args: str, texts=MIXED) -> np.ndarray:
     assert result.code == ExitStatus.OK, result.stderr
     assert "Traceback" not in result.stderr
     return np.load(out)
-
-
-def assert_usage_error(result, *fragments: str) -> None:
-    assert result.code == ExitStatus.USAGE, result.stderr
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith("modernbert-cli: error: ")
-    assert result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr
 
 
 # --- planning ----------------------------------------------------------------------------
@@ -288,7 +279,8 @@ def test_cli_device_list_gives_the_same_numbers(cli, tmp_path, expected, encoder
 
 @pytest.mark.parametrize("device", ["cpu,", ",cpu", "cpu,,cpu", "auto,cpu", "cpu,auto", ","])
 def test_bad_device_lists_are_usage_errors(cli, tiny_model, device):
-    assert_usage_error(cli("embed", "-m", tiny_model, "--device", device, "hello"), "--device")
+    result = cli("embed", "-m", tiny_model, "--device", device, "hello")
+    assert_error(result, ExitStatus.USAGE, "--device")
 
 
 def _cuda_available() -> bool:
@@ -300,7 +292,8 @@ def _cuda_available() -> bool:
 @pytest.mark.skipif(_cuda_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("device", ["cuda:7", "cpu,cuda:1", "cuda"])
 def test_cuda_without_a_gpu_is_a_usage_error(cli, tiny_model, device):
-    assert_usage_error(cli("embed", "-m", tiny_model, "--device", device, "hello"), "cuda")
+    result = cli("embed", "-m", tiny_model, "--device", device, "hello")
+    assert_error(result, ExitStatus.USAGE, "cuda")
 
 
 # --- int8 quantization -------------------------------------------------------------------
@@ -459,6 +452,5 @@ def test_cli_falls_back_to_encode(cli, tmp_path, monkeypatch, expected, encoders
     assert [e.engine for e in encoders] == [None]
     assert_allclose(np.load(out), expected["minilm"], atol=1e-5, rtol=0)
     assert f"2 of {len(MIXED)} text(s) were longer than" in result.stderr
-    assert_usage_error(
-        cli("embed", "-m", "minilm", "--device", "cpu,cpu", "hello"), "not a plain text model"
-    )
+    result = cli("embed", "-m", "minilm", "--device", "cpu,cpu", "hello")
+    assert_error(result, ExitStatus.USAGE, "not a plain text model")

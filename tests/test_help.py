@@ -16,14 +16,8 @@ COMMANDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing here may load a model."""
-
-    def load(spec):
-        raise AssertionError(f"model loaded for {spec!r}")
-
-    monkeypatch.setattr("modernbert_cli.model.load", load)
+# Nothing here may load a model.
+pytestmark = pytest.mark.usefixtures("no_model")
 
 
 def lines(text: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modernbert_cli import inputs, model
+from modernbert_cli import inputs
 from modernbert_cli.errors import ExitStatus, InputError, UsageError
 from modernbert_cli.inputs import InputSpec, Stdin, Text, read_texts
 
@@ -18,16 +18,6 @@ HOW = ("argument", "file", "stdin")
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to load a model fails the test (it shows as exit 1, not 3)."""
-
-    def load(spec):
-        raise AssertionError("model loaded")
-
-    monkeypatch.setattr(model, "load", load)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_error
 from numpy.testing import assert_allclose
 
 from modernbert_cli.errors import ExitStatus
@@ -28,17 +29,6 @@ PAIR_ROWS = [line.split("\t") for line in PAIRS.read_text(encoding="utf-8").spli
 BOX_EDGES = "│┃┓┐┤┩┘"  # what the right-hand end of a whole table line is
 
 
-def assert_error(result, status: ExitStatus, *fragments: str) -> None:
-    """A failure: the exit status, nothing on stdout, one line on stderr naming the problem."""
-    assert result.code == status, result.stderr
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith("modernbert-cli: error: ")
-    assert result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr
-
-
 @pytest.fixture(scope="module")
 def st_minilm_hayden(st_minilm):
     """sentence-transformers' own all-pairs scores of hayden.txt."""
@@ -51,17 +41,6 @@ def st_tiny(tiny_model):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(tiny_model, device="cpu")
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if the command loads a model."""
-    from modernbert_cli import model
-
-    def refuse(spec):
-        raise AssertionError("the model must not be loaded")
-
-    monkeypatch.setattr(model, "load", refuse)
 
 
 def lines_file(path: Path, texts: list[str]) -> str:
@@ -127,7 +106,7 @@ def test_metric_scores_equal_sentence_transformers(cli, tiny_model, st_tiny, met
     assert_allclose(json.loads(result.stdout)["scores"], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_no_input_is_an_input_error(cli, tiny_model, no_model_load):
+def test_no_input_is_an_input_error(cli, tiny_model, no_model):
     result = cli("matrix", "-m", tiny_model)
 
     assert_error(result, ExitStatus.INPUT, "no input")
@@ -162,7 +141,7 @@ def test_against_csv_has_column_texts_in_the_header(cli, tiny_model):
     assert all(len(row) == 5 for row in rows[1:])
 
 
-def test_missing_against_file_is_an_input_error(cli, tiny_model, tmp_path, no_model_load):
+def test_missing_against_file_is_an_input_error(cli, tiny_model, tmp_path, no_model):
     result = cli("matrix", "-m", tiny_model, "x", "--against", str(tmp_path / "nope.txt"))
 
     assert_error(result, ExitStatus.INPUT, "nope.txt")
@@ -222,7 +201,7 @@ def test_tsv_format(cli, tiny_model):
     assert_allclose(np.diag(scores), np.ones(2), atol=1e-5)
 
 
-def test_npy_needs_an_output_file(cli, tiny_model, no_model_load):
+def test_npy_needs_an_output_file(cli, tiny_model, no_model):
     result = cli("matrix", "-m", tiny_model, "-i", str(HAYDEN), "--format", "npy")
 
     assert_error(result, ExitStatus.USAGE, "-o")
@@ -290,7 +269,7 @@ def test_table_with_against_has_a_legend_of_the_columns(cli, tiny_model):
 # --- tables too large for a screen -------------------------------------------------------
 
 
-def test_table_too_wide_for_the_screen_is_refused_before_loading(cli, tmp_path, no_model_load):
+def test_table_too_wide_for_the_screen_is_refused_before_loading(cli, tmp_path, no_model):
     texts = lines_file(tmp_path / "many.txt", [f"text number {i}" for i in range(60)])
 
     result = cli("matrix", "-m", "minilm", "-i", texts, "--format", "table")
@@ -298,7 +277,7 @@ def test_table_too_wide_for_the_screen_is_refused_before_loading(cli, tmp_path, 
     assert_error(result, ExitStatus.USAGE, "60×60", "--format csv")
 
 
-def test_table_with_too_many_columns_is_refused(cli, tmp_path, no_model_load):
+def test_table_with_too_many_columns_is_refused(cli, tmp_path, no_model):
     texts = lines_file(tmp_path / "many.txt", [f"text number {i}" for i in range(60)])
 
     result = cli("matrix", "-m", "minilm", "a", "b", "--against", texts, "-f", "table")
@@ -306,7 +285,7 @@ def test_table_with_too_many_columns_is_refused(cli, tmp_path, no_model_load):
     assert_error(result, ExitStatus.USAGE, "2×60", "--format csv")
 
 
-def test_table_with_too_many_rows_is_refused(cli, tmp_path, no_model_load):
+def test_table_with_too_many_rows_is_refused(cli, tmp_path, no_model):
     texts = lines_file(tmp_path / "many.txt", [f"text number {i}" for i in range(1000)])
 
     result = cli("matrix", "-m", "minilm", "-i", texts, "--against", str(HAYDEN), "-f", "table")
@@ -412,7 +391,7 @@ def test_pairwise_from_a_csv_file(cli, tiny_model, tmp_path):
     assert [(r["a"], r["b"]) for r in records] == [("one, two", "three"), ("four", 'five "5"')]
 
 
-def test_pairwise_length_mismatch_is_a_usage_error(cli, tiny_model, tmp_path, no_model_load):
+def test_pairwise_length_mismatch_is_a_usage_error(cli, tiny_model, tmp_path, no_model):
     against = lines_file(tmp_path / "b.txt", ["x", "y", "z"])
 
     result = cli("matrix", "-m", tiny_model, "a", "b", "--against", against, "--pairwise")
@@ -420,7 +399,7 @@ def test_pairwise_length_mismatch_is_a_usage_error(cli, tiny_model, tmp_path, no
     assert_error(result, ExitStatus.USAGE, "--pairwise", "2", "3")
 
 
-def test_pairwise_needs_a_two_column_file(cli, tiny_model, tmp_path, no_model_load):
+def test_pairwise_needs_a_two_column_file(cli, tiny_model, tmp_path, no_model):
     result = cli("matrix", "-m", tiny_model, "--pairwise", "-i", str(HAYDEN))
 
     assert_error(result, ExitStatus.INPUT, "--pairwise")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_error
 from numpy.testing import assert_allclose
 
 from modernbert_cli.errors import ExitStatus
@@ -34,17 +35,6 @@ DISTANCES = {"euclidean": 2, "manhattan": 1}  # the norm each metric negates
 
 def records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines()]
-
-
-def assert_error(result, status: ExitStatus, *fragments: str) -> None:
-    """A failure: the exit status, nothing on stdout, one line on stderr naming the problem."""
-    assert result.code == status, result.stderr
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith("modernbert-cli: error: ")
-    assert result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr
 
 
 def st_scores(model, queries: list[str], corpus: list[str], metric: str | None = None):
