@@ -51,10 +51,6 @@ if TYPE_CHECKING:
 # Texts read, embedded and written at a time: large enough to keep a GPU busy,
 # small enough that memory does not depend on the size of the input.
 CHUNK_TEXTS = 8192
-# How long `serve --detach` waits for the new server to answer (a cold start
-# imports torch and loads the weights).
-_START_TIMEOUT_S = 300.0
-_ALIVE_TIMEOUT_S = 5.0
 # Below this many texts a job is over before a progress bar would help.
 _PROGRESS_MIN_TEXTS = 512
 
@@ -1045,10 +1041,10 @@ def serve(
             raise UsageError(f"no server runs {run.model} with these settings") from None
         finally:
             connection.close()
-        _wait_removed(path)  # stopped means gone: a new server may start at once
+        client.wait_removed(path)  # stopped means gone: a new server may start at once
         session.note(f"stopped the server of {run.model}")
         return
-    if _alive(path, key):
+    if client.is_alive(path, key):
         raise UsageError(f"a server for {run.model} already runs on {path}")
     if detach:
         _start_detached(session, run, idle_timeout, http, path, key)
@@ -1091,67 +1087,26 @@ def _serve_here(
 def _start_detached(
     session: Session, run: Run, idle_timeout: float, http: str | None, path: Any, key: str
 ) -> None:
-    """Start ``serve`` in a new session with its output in a log file; wait until it answers."""
-    import subprocess
+    """Start ``serve`` in the background with these options; return once it answers."""
+    from modernbert_cli import client
 
-    log = path.with_suffix(".log")
-    args = [sys.executable, "-m", "modernbert_cli", "serve", *run.argv()]
-    args += ["--idle-timeout", str(idle_timeout)] + (["--http", http] if http else [])
-    with open(log, "wb") as out:
-        child = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-        )
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if _alive(path, key):
-            session.note(f"server of {run.model} started (pid {child.pid}); log: {log}")
-            return
-        if child.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise CliError(f"the server exited at start: {tail[0]}")
-        time.sleep(0.2)
-    child.terminate()
-    raise CliError(f"the server did not answer within {_START_TIMEOUT_S:.0f} s; see {log}")
-
-
-def _wait_removed(path: Any, timeout: float = 10.0) -> None:
-    """Until a stopped server has removed its socket (it finishes its current poll first)."""
-    deadline = time.monotonic() + timeout
-    while path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _alive(path: Any, key: str | None = None) -> bool:
-    from modernbert_cli.client import ServerClient, ServerError
-
-    if not path.exists():
-        return False
-    # A server that accepts but does not answer within seconds is as good as dead here.
-    connection = ServerClient(path, key, timeout=_ALIVE_TIMEOUT_S)
+    args = ["serve", *run.argv(), "--idle-timeout", str(idle_timeout)]
+    args += ["--http", http] if http else []
     try:
-        connection.info()
-        return True
-    except ServerError:
-        return False
-    finally:
-        connection.close()
+        pid, log = client.start_detached(args, path, key)
+    except client.ServerError as error:
+        raise CliError(str(error)) from None
+    session.note(f"server of {run.model} started (pid {pid}); log: {log}")
 
 
 def _servers(session: Session) -> list[dict[str, Any]]:
-    """Every server of this user that answers; stale sockets are removed."""
-    from modernbert_cli.client import ServerClient, ServerError, runtime_dir
+    """Every server of this user that answers; stale sockets are removed, with a note."""
+    from modernbert_cli.client import running_servers
 
-    found = []
-    for path in sorted(runtime_dir().glob("*.sock")):
-        connection = ServerClient(path)
-        try:
-            found.append({**connection.info(), "socket": str(path)})
-        except ServerError:
-            path.unlink(missing_ok=True)
-            session.note(f"removed a stale socket: {path}")
-        finally:
-            connection.close()
-    return found
+    servers, stale = running_servers()
+    for path in stale:
+        session.note(f"removed a stale socket: {path}")
+    return servers
 
 
 def _http_address(value: str) -> tuple[str, int]:

@@ -25,6 +25,7 @@ import socket
 import stat
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,11 @@ MAX_MESSAGE_BYTES = 256 << 20
 CONNECT_TIMEOUT_S = 2.0
 # A request may wait for other clients' work and a cold torch.compile: be patient.
 REPLY_TIMEOUT_S = 600.0
+# A server that accepts but does not answer `info` within this is as good as dead.
+ALIVE_TIMEOUT_S = 5.0
+# How long `serve --detach` waits for the new server to answer (a cold start imports
+# torch and loads the weights).
+START_TIMEOUT_S = 300.0
 
 
 class ServerError(Exception):
@@ -183,3 +189,71 @@ class ServerClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+# --- managing servers (for `serve --detach`, `--status`, `--stop`) ---------------------
+
+
+def is_alive(path: Path, key: str | None = None) -> bool:
+    """Whether a server answers on ``path`` (for ``key``, when given)."""
+    if not path.exists():
+        return False
+    connection = ServerClient(path, key, timeout=ALIVE_TIMEOUT_S)
+    try:
+        connection.info()
+        return True
+    except ServerError:
+        return False
+    finally:
+        connection.close()
+
+
+def running_servers() -> tuple[list[dict[str, Any]], list[Path]]:
+    """The ``info`` of every server of this user that answers, and the stale sockets removed."""
+    found, stale = [], []
+    for path in sorted(runtime_dir().glob("*.sock")):
+        connection = ServerClient(path, timeout=ALIVE_TIMEOUT_S)
+        try:
+            found.append({**connection.info(), "socket": str(path)})
+        except ServerError:
+            path.unlink(missing_ok=True)
+            stale.append(path)
+        finally:
+            connection.close()
+    return found, stale
+
+
+def wait_removed(path: Path, timeout: float = 10.0) -> None:
+    """Until a stopped server has removed its socket (it finishes its current poll first)."""
+    deadline = time.monotonic() + timeout
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def start_detached(cli_args: list[str], path: Path, key: str) -> tuple[int, Path]:
+    """Run ``modernbert-cli CLI_ARGS`` in a new session, output to a log; wait until it answers.
+
+    Returns the pid and the log's path; raises ServerError when it exits or stays silent.
+    """
+    import subprocess
+    import sys
+
+    log = path.with_suffix(".log")
+    with open(log, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "modernbert_cli", *cli_args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if is_alive(path, key):
+            return child.pid, log
+        if child.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ServerError(f"the server exited at start: {tail[0]}")
+        time.sleep(0.2)
+    child.terminate()
+    raise ServerError(f"the server did not answer within {START_TIMEOUT_S:.0f} s; see {log}")
