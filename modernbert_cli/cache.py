@@ -147,21 +147,26 @@ class EmbeddingCache:
         if self._db is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(
-                    self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None
-                )
-                db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, _SCHEMA_VERSION):
-                    raise sqlite3.DatabaseError(f"unknown cache format {version}")
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                self._db = db
+                self._db = _retry_busy(self._open)
             except (sqlite3.Error, OSError) as error:
                 self._fail(error)
         return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"unknown cache format {version}")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _fail(self, error: BaseException) -> None:
         """Turn the cache off for this run, with one warning; the command goes on without it."""
@@ -242,19 +247,24 @@ class EmbeddingCache:
             # A slice at a time, each followed by eviction: a big chunk of new rows
             # takes the file past its bound by one slice, not by the whole chunk.
             for start in range(0, len(items), _BATCH):
-                with _transaction(db):
-                    model = self._model_id(db, fingerprint, name, create=True)
-                    rows = []
-                    for key, vector, truncated in items[start : start + _BATCH]:
-                        blob = numpy.ascontiguousarray(vector, dtype="<f4").tobytes()
-                        crc = _crc(fingerprint, key, blob, truncated)
-                        rows.append((model, key, blob, int(truncated), crc, now))
-                    db.executemany(
-                        "INSERT OR REPLACE INTO embeddings "
-                        "(model, text_key, vector, truncated, crc, last_used) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
+                batch = items[start : start + _BATCH]
+
+                def write(batch: list[tuple[bytes, np.ndarray, bool]] = batch) -> None:
+                    with _transaction(db):
+                        model = self._model_id(db, fingerprint, name, create=True)
+                        rows = []
+                        for key, vector, truncated in batch:
+                            blob = numpy.ascontiguousarray(vector, dtype="<f4").tobytes()
+                            crc = _crc(fingerprint, key, blob, truncated)
+                            rows.append((model, key, blob, int(truncated), crc, now))
+                        db.executemany(
+                            "INSERT OR REPLACE INTO embeddings "
+                            "(model, text_key, vector, truncated, crc, last_used) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            rows,
+                        )
+
+                _retry_busy(write)  # past the busy timeout, a loaded machine gets more tries
                 self._evict(db)
         except sqlite3.Error as error:
             self._fail(error)
@@ -397,6 +407,27 @@ class _transaction:
 
     def __exit__(self, kind: Any, *rest: Any) -> None:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _retry_busy(step: Callable[[], Any], attempts: int = 10) -> Any:
+    """Run ``step``, again after a short pause when it is refused at once as busy.
+
+    The busy timeout covers ordinary reads and writes, but some steps fail at once
+    instead of waiting (switching a new file to WAL while another process does the
+    same): several processes starting together on a new cache retry here. A refusal
+    that came after the busy timeout had already waited is final.
+    """
+    for attempt in range(attempts):
+        started = time.monotonic()
+        try:
+            return step()
+        except sqlite3.OperationalError as error:
+            busy = "locked" in str(error) or "busy" in str(error)
+            waited = time.monotonic() - started > 1.0
+            if not busy or waited or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _size(db: sqlite3.Connection) -> int:

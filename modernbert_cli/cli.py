@@ -239,7 +239,7 @@ def _model_options() -> list[inspect.Parameter]:
                     "--quantize",
                     rich_help_panel=_MODEL,
                     help="int8: dynamic int8 Linear layers on a CPU (up to 2x faster; "
-                    "cosine to float32 0.98-0.99 on MiniLM).",
+                    "cosine to float32 above 0.99 on MiniLM).",
                 ),
             ],
             Quantize.none,

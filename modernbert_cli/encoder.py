@@ -324,7 +324,7 @@ class Encoder:
         tokenizer = getattr(self.model, "tokenizer", None)
         if tokenizer is None or not texts:
             return np.zeros(len(texts), dtype=np.int64)
-        return token_lengths(tokenizer, texts, prompt)
+        return token_lengths(tokenizer, texts, prompt, int(self.model.max_seq_length))
 
 
 def _engine_can_run(model: Any) -> bool:

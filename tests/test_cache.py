@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -479,7 +480,8 @@ def test_four_processes_share_one_cache(tiny_model, embed):
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The cache's time.time(), set by the test."""
     now = [1_000_000]
-    monkeypatch.setattr(cache_module, "time", types.SimpleNamespace(time=lambda: now[0]))
+    fake = types.SimpleNamespace(time=lambda: now[0], monotonic=time.monotonic, sleep=time.sleep)
+    monkeypatch.setattr(cache_module, "time", fake)
     return now
 
 

@@ -353,7 +353,7 @@ def test_quantize_int8_on_minilm_stays_close_to_fp32(cli, tmp_path, st_minilm, e
     assert vectors.shape == reference.shape == (len(CORPUS_LINES), 384)
     assert not np.allclose(vectors, reference, atol=1e-4)  # int8 really ran
     assert sum("quantized" in type(m).__module__ for m in encoders[0].engine.replicas[0].modules())
-    assert cosines(vectors, reference).mean() >= 0.98  # measured ≈ 0.989
+    assert cosines(vectors, reference).mean() >= 0.99  # the bar; measured ≈ 0.996
 
 
 @pytest.mark.parametrize("device", ["cuda", "meta"])
@@ -454,3 +454,22 @@ def test_cli_falls_back_to_encode(cli, tmp_path, monkeypatch, expected, encoders
     assert f"2 of {len(MIXED)} text(s) were longer than" in result.stderr
     result = cli("embed", "-m", "minilm", "--device", "cpu,cpu", "hello")
     assert_error(result, ExitStatus.USAGE, "not a plain text model")
+
+
+# --- counting tokens ---------------------------------------------------------------------
+
+
+def test_token_lengths_count_only_what_the_limit_needs(st_minilm):
+    from modernbert_cli.engine import token_lengths
+
+    tokenizer, limit = st_minilm.tokenizer, 256
+    short = "a short sentence"
+    long = "word " * 20_000  # far past the limit: only a prefix is tokenised
+    # Words over 100 characters become one [UNK] each, so a prefix of the usual size
+    # holds fewer tokens than the limit: the whole text must then be counted.
+    unknowns = " ".join(["x" * 150] * 400)
+    counted = token_lengths(tokenizer, [short, long, unknowns], limit=limit)
+    exact = token_lengths(tokenizer, [short, long, unknowns])
+    assert counted[0] == exact[0]  # short texts are counted exactly
+    assert limit < counted[1] <= exact[1] == 20_002  # a lower bound, past the limit
+    assert counted[2] == exact[2] == 402  # the fallback counted it all
