@@ -57,7 +57,11 @@ class ResolvedModel:
     name: str  # what the user typed, for messages
     location: str  # a directory path or a hub repo id
     is_local: bool
-    cached: bool = False  # a hub id whose files are all in the local cache
+    snapshot: Path | None = None  # a hub id's folder in the local cache, when it is there
+
+    @property
+    def cached(self) -> bool:
+        return self.snapshot is not None
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,7 @@ class ModelFiles:
         resolved = resolve(name)
         if resolved.is_local:
             return cls(name, Path(resolved.location))
-        if resolved.cached:
-            from huggingface_hub import try_to_load_from_cache
-
-            for entry in ("modules.json", "config.json"):
-                hit = try_to_load_from_cache(resolved.location, entry)
-                if isinstance(hit, str):
-                    return cls(name, Path(hit).parent)
-        return cls(name, None)
+        return cls(name, resolved.snapshot)
 
     def refreshed(self) -> ModelFiles:
         """Look again (after a download)."""
@@ -185,20 +182,21 @@ def resolve(name: str) -> ResolvedModel:
         return ResolvedModel(name, str(path), is_local=True)
     if looks_like_path:
         raise ModelError(f"model '{name}': no such model directory: {_path_remedies()}")
-    return ResolvedModel(name, target, is_local=False, cached=_in_hub_cache(target))
+    return ResolvedModel(name, target, is_local=False, snapshot=_hub_snapshot(target))
 
 
-def _in_hub_cache(repo_id: str) -> bool:
-    """Whether the hub cache holds this model's entry files (a cheap file lookup)."""
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model, if its entry file is there (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return any(
-            isinstance(try_to_load_from_cache(repo_id, file), str)
-            for file in ("modules.json", "config.json")
-        )
+        for entry in ("modules.json", "config.json"):
+            hit = try_to_load_from_cache(repo_id, entry)
+            if isinstance(hit, str):
+                return Path(hit).parent
     except Exception:  # an invalid repo id, an unreadable cache: not cached
-        return False
+        return None
+    return None
 
 
 def _hub_reachable() -> bool:
