@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--short", type=int, default=96, help="short passages (10-120 words)")
-    parser.add_argument("--long", type=int, default=2, help="long documents (1k-6k words)")
+    parser.add_argument("--long", type=int, default=6, help="long documents (1k-6k words)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="modernbert-base,minilm")
     parser.add_argument("--compile", default="off", help="engine --compile on the GPU")

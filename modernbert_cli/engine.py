@@ -5,6 +5,8 @@ keeps everything that decides the numbers — ``model.preprocess`` (prompts,
 truncation), ``model(features)`` (the transformer, pooling, normalisation) — and
 changes only how the work is fed:
 
+- ModernBERT's local-attention layers attend within their window only
+  (:mod:`modernbert_cli.attention`), instead of over an N×N mask;
 - texts are sorted by token length and cut into batches by a **token budget**
   (padded tokens per batch), so short texts go in large batches and long ones in
   small, with little padding either way; results come back in input order;
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modernbert_cli import attention
 from modernbert_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -96,6 +99,7 @@ class Engine:
             GPU_BATCH_TOKENS if self.on_gpu else CPU_BATCH_TOKENS
         )
         model.eval()
+        self.windowed = attention.install(model)
         if self.dtype is not torch.float32:
             model.to(self.dtype)
         if options.quantize == "int8":

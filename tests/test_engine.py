@@ -63,6 +63,9 @@ class StubModel:
     def eval(self) -> StubModel:
         return self
 
+    def modules(self) -> list:
+        return []
+
     def to(self, *args, **kwargs) -> StubModel:
         return self
 
