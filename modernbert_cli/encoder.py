@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from modernbert_cli.engine import Engine, EngineOptions, ProgressFn, token_lengths
+from modernbert_cli.engine import Engine, EngineOptions, ProgressFn, token_counts
 from modernbert_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -247,16 +247,13 @@ class Encoder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's float32 vectors for ``prompt + text``, and which texts were truncated."""
         engine = self.engine  # loads the model on first need
-        lengths = (
-            engine.token_lengths(texts, prompt)
-            if engine is not None
-            else self._token_lengths(texts, prompt)
-        )
-        truncated = lengths > int(self.model.max_seq_length)
         if engine is None:
+            truncated = self._token_lengths(texts, prompt) > int(self.model.max_seq_length)
             return self._encode_with_sentence_transformers(texts, prompt, role), truncated
+        counts = engine.token_counts(texts, prompt)
+        truncated = counts.tokens > engine.max_seq_length
         vectors = engine.encode(
-            texts, prompt=prompt or None, task=role, lengths=lengths, progress=self.progress
+            texts, prompt=prompt or None, task=role, counts=counts, progress=self.progress
         )
         return vectors, truncated
 
@@ -324,7 +321,7 @@ class Encoder:
         tokenizer = getattr(self.model, "tokenizer", None)
         if tokenizer is None or not texts:
             return np.zeros(len(texts), dtype=np.int64)
-        return token_lengths(tokenizer, texts, prompt, int(self.model.max_seq_length))
+        return token_counts(tokenizer, texts, prompt, int(self.model.max_seq_length)).tokens
 
 
 def _engine_can_run(model: Any) -> bool:

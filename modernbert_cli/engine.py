@@ -10,7 +10,8 @@ changes only how the work is fed:
 - texts are sorted by token length and cut into batches by a **token budget**
   (padded tokens per batch), so short texts go in large batches and long ones in
   small, with little padding either way; results come back in input order;
-- the next batch is tokenised in a background thread while the model runs;
+- the next batch is tokenised in a background thread while the model runs, and of a
+  document longer than the model's limit only the part it reads is tokenised;
 - on CUDA: bf16/fp16, and ``torch.compile`` for jobs large enough to repay it;
 - on CPU: optional dynamic int8 quantization of the Linear layers;
 - several devices (``cuda:0,cuda:1``) each run a replica and take batches from a
@@ -53,6 +54,9 @@ CPU_BATCH_TOKENS = 1024
 GPU_BATCH_TOKENS = 65536
 # More characters than this per token are rare (English averages about four).
 _CHARS_PER_TOKEN_BOUND = 16
+# A clipped document keeps at least this many tokens beyond the limit, so that the
+# word cut short at its end (and whatever a tokenizer does there) lies past the limit.
+_CLIP_MARGIN = 16
 # torch.compile costs tens of seconds up front: only worth it for big jobs.
 COMPILE_MIN_TEXTS = 20000
 
@@ -66,6 +70,15 @@ class EngineOptions:
     dtype: str = "auto"
     compile: str = "auto"
     quantize: str = "none"
+
+
+@dataclass
+class TokenCounts:
+    """What the engine knows of its texts' lengths before running the model."""
+
+    tokens: np.ndarray  # tokens per text, prompt and special tokens included; above the
+    # model's limit only a lower bound
+    needed: np.ndarray  # characters of each text that yield the tokens the model keeps
 
 
 @dataclass
@@ -118,12 +131,22 @@ class Engine:
                 replica.compile(dynamic=True)
         self.tokenizer = model.tokenizer
         self.max_seq_length = int(model.max_seq_length)
+        # A module with lengths of its own per task (ColBERT-style query_length and
+        # document_length) may read past max_seq_length: give it whole texts.
+        self.clips = not any(
+            getattr(module, name, None)
+            for module in model.modules()
+            for name in ("query_length", "document_length")
+        )
 
     # -- planning ----------------------------------------------------------------------
 
-    def token_lengths(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
+    def token_counts(self, texts: Sequence[str], prompt: str = "") -> TokenCounts:
         """Tokens per text with special tokens and prompt, before truncation."""
-        return token_lengths(self.tokenizer, texts, prompt, self.max_seq_length)
+        counts = token_counts(self.tokenizer, texts, prompt, self.max_seq_length)
+        if not self.clips:
+            counts.needed[:] = [len(text) for text in texts]
+        return counts
 
     def plan(self, lengths: np.ndarray) -> list[Batch]:
         """Longest first, each batch within the token budget (padded to its longest text)."""
@@ -151,17 +174,22 @@ class Engine:
         task: str | None = None,
         normalize: bool = False,
         truncate_dim: int | None = None,
-        lengths: np.ndarray | None = None,
+        counts: TokenCounts | None = None,
         progress: ProgressFn | None = None,
     ) -> np.ndarray:
-        """float32 embeddings of ``texts``, in input order."""
+        """float32 embeddings of ``texts``, in input order.
+
+        ``counts``: this engine's :meth:`token_counts` of the same texts and prompt,
+        where the caller has them already.
+        """
         import numpy as np
 
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        if lengths is None:
-            lengths = self.token_lengths(texts, prompt or "")
-        batches = self.plan(lengths)
+        if counts is None:
+            counts = self.token_counts(texts, prompt or "")
+        batches = self.plan(counts.tokens)
+        needed = counts.needed
         kwargs = {"task": task} if task else {}
         results: list[np.ndarray | None] = [None] * len(batches)
 
@@ -172,7 +200,7 @@ class Engine:
                 progress(len(batches[number].indices), batches[number].tokens)
 
         def prepare(number: int, replica: Any) -> dict[str, Any]:
-            chunk = [texts[i] for i in batches[number].indices]
+            chunk = [texts[i][: needed[i]] for i in batches[number].indices]
             return replica.preprocess(chunk, prompt=prompt, **kwargs)
 
         if len(self.replicas) == 1:
@@ -274,16 +302,18 @@ def _full_range_linear() -> type:
     return FullRangeLinear
 
 
-def token_lengths(
+def token_counts(
     tokenizer: Any, texts: Sequence[str], prompt: str = "", limit: int | None = None
-) -> np.ndarray:
-    """Tokens per text with special tokens and prompt, before truncation.
+) -> TokenCounts:
+    """Tokens per text with special tokens and prompt, and the part of each text needed.
 
     With ``limit`` (the model's ``max_seq_length``), only what the limit needs is
-    counted: a long document's first ``limit × 16`` characters, which hold more than
-    ``limit`` tokens unless the tokens are unusually long (then the whole text is
-    counted). Counts above ``limit`` are then lower bounds — enough to say "truncated"
-    and to plan batches, at a fraction of the cost of tokenising 6,000 words twice.
+    tokenised: of a long document, its first ``limit × 16`` characters, cut back to a
+    space. Those hold more than ``limit`` tokens unless the tokens are unusually long
+    (then the whole text is counted). Counts above ``limit`` are then lower bounds —
+    enough to say "truncated" and to plan batches — and the model is given just that
+    prefix: a prefix that ends between words tokenises as the whole text does up to its
+    last word, so the tokens it keeps are the same, at a fraction of the cost.
     """
     import numpy as np
 
@@ -299,13 +329,29 @@ def token_lengths(
         return [len(ids) for ids in encoded]
 
     full = [prompt + t for t in texts] if prompt else list(texts)
-    cap = limit * _CHARS_PER_TOKEN_BOUND if limit else None
-    lengths = np.asarray(count([t[:cap] if cap else t for t in full]), dtype=np.int64)
-    if cap:
-        short = [i for i, t in enumerate(full) if len(t) > cap and lengths[i] <= limit]
-        if short:  # long tokens: the prefix did not reach the limit, so count it all
-            lengths[short] = count([full[i] for i in short])
-    return lengths
+    needed = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    if not limit:
+        return TokenCounts(np.asarray(count(full), dtype=np.int64), needed)
+    ends = [_prefix_end(t, limit * _CHARS_PER_TOKEN_BOUND) for t in full]
+    tokens = np.asarray(count([t[:end] for t, end in zip(full, ends, strict=True)]), dtype=np.int64)
+    whole = []  # long tokens: the prefix did not reach the limit, so count it all
+    for i, (text, end) in enumerate(zip(full, ends, strict=True)):
+        if end < len(text):
+            if tokens[i] <= limit:
+                whole.append(i)
+            elif tokens[i] > limit + _CLIP_MARGIN and end > len(prompt) and text[end] in " \n":
+                needed[i] = end - len(prompt)
+    if whole:
+        tokens[whole] = count([full[i] for i in whole])
+    return TokenCounts(tokens, needed)
+
+
+def _prefix_end(text: str, cap: int) -> int:
+    """Where to cut ``text`` near ``cap`` characters: at a space, else at ``cap``."""
+    if len(text) <= cap:
+        return len(text)
+    space = max(text.rfind(" ", cap // 2, cap), text.rfind("\n", cap // 2, cap))
+    return space if space > 0 else cap
 
 
 def _forward(

@@ -212,8 +212,8 @@ def test_progress_counts_every_text_and_its_tokens(models):
     engine = Engine(model, ["cpu"], EngineOptions(max_batch_tokens=100))
     calls: list[tuple[int, int]] = []
     engine.encode(MIXED, progress=lambda texts, tokens: calls.append((texts, tokens)))
-    lengths = np.minimum(engine.token_lengths(MIXED), engine.max_seq_length)
-    assert len(calls) == len(engine.plan(engine.token_lengths(MIXED))) > 1
+    lengths = np.minimum(engine.token_counts(MIXED).tokens, engine.max_seq_length)
+    assert len(calls) == len(engine.plan(engine.token_counts(MIXED).tokens)) > 1
     assert sum(t for t, _ in calls) == len(MIXED)
     assert sum(k for _, k in calls) == int(lengths.sum())
 
@@ -267,7 +267,7 @@ def test_two_replicas_share_the_queue(models, expected, monkeypatch):
         return real_forward(replica, *args)
 
     monkeypatch.setattr(engine_module, "_forward", forward)
-    assert len(engine.plan(engine.token_lengths(MIXED))) >= 2
+    assert len(engine.plan(engine.token_counts(MIXED).tokens)) >= 2
     assert_allclose(engine.encode(MIXED), expected["tiny"], atol=1e-5, rtol=0)
     assert seen == {id(r) for r in engine.replicas}
 
@@ -462,8 +462,8 @@ def test_cli_falls_back_to_encode(cli, tmp_path, monkeypatch, expected, encoders
 # --- counting tokens ---------------------------------------------------------------------
 
 
-def test_token_lengths_count_only_what_the_limit_needs(st_minilm):
-    from modernbert_cli.engine import token_lengths
+def test_token_counts_count_only_what_the_limit_needs(st_minilm):
+    from modernbert_cli.engine import token_counts
 
     tokenizer, limit = st_minilm.tokenizer, 256
     short = "a short sentence"
@@ -471,8 +471,95 @@ def test_token_lengths_count_only_what_the_limit_needs(st_minilm):
     # Words over 100 characters become one [UNK] each, so a prefix of the usual size
     # holds fewer tokens than the limit: the whole text must then be counted.
     unknowns = " ".join(["x" * 150] * 400)
-    counted = token_lengths(tokenizer, [short, long, unknowns], limit=limit)
-    exact = token_lengths(tokenizer, [short, long, unknowns])
-    assert counted[0] == exact[0]  # short texts are counted exactly
-    assert limit < counted[1] <= exact[1] == 20_002  # a lower bound, past the limit
-    assert counted[2] == exact[2] == 402  # the fallback counted it all
+    counted = token_counts(tokenizer, [short, long, unknowns], limit=limit)
+    exact = token_counts(tokenizer, [short, long, unknowns])
+    assert counted.tokens[0] == exact.tokens[0]  # short texts are counted exactly
+    assert limit < counted.tokens[1] <= exact.tokens[1] == 20_002  # a lower bound
+    assert counted.tokens[2] == exact.tokens[2] == 402  # the fallback counted it all
+    # The model is given the counted prefix of the long text, and all of the others.
+    assert counted.needed.tolist() == [len(short), counted.needed[1], len(unknowns)]
+    assert counted.needed[1] < 5_000
+    assert exact.needed.tolist() == [len(short), len(long), len(unknowns)]
+
+
+def clipped_and_whole(tokenizer, texts: list[str], prompt: str, limit: int):
+    """input_ids as the model gets them: from the clipped texts, and from the whole texts."""
+    from modernbert_cli.engine import token_counts
+
+    counts = token_counts(tokenizer, texts, prompt, limit)
+    clipped = [text[:end] for text, end in zip(texts, counts.needed, strict=True)]
+
+    def ids(batch: list[str]) -> list[list[int]]:
+        encoded = tokenizer([prompt + t for t in batch], truncation=True, max_length=limit)
+        return encoded["input_ids"]
+
+    return counts, ids(clipped), ids(texts)
+
+
+# Long documents of several shapes: spaces, newlines only, runs of blanks, accents and
+# CJK characters, a text whose prefix holds no space at all, and one just past the cap.
+def long_documents(limit: int) -> list[str]:
+    words = ["Ünïcode", "naïve", "façade", "數據", "river", "county", "école", "42,000"]
+    prose = " ".join(words[i % len(words)] + ("." if i % 7 == 0 else "") for i in range(9000))
+    return [
+        prose,
+        "\n".join(words[i % len(words)] for i in range(9000)),
+        "  \n ".join(words[i % len(words)] for i in range(9000)),
+        "數據" * 6000,  # no space: cut nowhere
+        "x" * (limit * 16 - 3) + " tail words here",
+    ]
+
+
+@pytest.mark.parametrize("prompt", ["", "query: "])
+def test_clipped_documents_give_the_same_input_ids(st_minilm, prompt):
+    limit = 256
+    texts = long_documents(limit)
+    counts, clipped, whole = clipped_and_whole(st_minilm.tokenizer, texts, prompt, limit)
+
+    assert clipped == whole
+    needed = counts.needed.tolist()
+    assert needed[0] < len(texts[0]) and needed[1] < len(texts[1]) and needed[2] < len(texts[2])
+    assert all(texts[i][needed[i]] in " \n" for i in range(3))  # cut between words
+    assert needed[3:] == [len(texts[3]), len(texts[4])]
+
+
+def test_clipped_documents_give_the_same_ids_with_byte_level_bpe():
+    """ModernBERT's own tokenizer is a byte-level BPE (GPT-2 style): one is trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    limit = 128
+    texts = long_documents(limit)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["[CLS]", "[SEP]", "[PAD]"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(CORPUS_LINES + [t[:5000] for t in texts], trainer)
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 0), ("[SEP]", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="[PAD]")
+
+    counts, clipped, whole = clipped_and_whole(tokenizer, texts, "", limit)
+
+    assert clipped == whole
+    assert (counts.needed[:3] < [len(t) for t in texts[:3]]).all()
+
+
+def test_models_with_lengths_per_task_get_whole_texts(models):
+    """A ColBERT-style document_length may exceed max_seq_length: nothing is clipped."""
+    model, _ = models["tiny"]
+    engine = Engine(model, ["cpu"], EngineOptions())
+    long = MIXED[5]
+    assert engine.token_counts([long]).needed[0] < len(long)
+
+    model[0].document_length = 512
+    try:
+        engine = Engine(model, ["cpu"], EngineOptions())
+        assert engine.token_counts([long]).needed[0] == len(long)
+    finally:
+        del model[0].document_length
