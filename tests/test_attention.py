@@ -207,3 +207,30 @@ def test_padding_far_from_any_real_token_stays_finite_with_a_nan_softmax(monkeyp
     assert torch.isfinite(out).all()
     expected = reference_attention(query, key, value, real, RADIUS)
     assert_allclose(out[1, :3], expected[1, :3], atol=1e-6, rtol=0)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_bfloat16_on_the_blocked_path_agrees_with_float32(long_tiny_model):
+    """What a GPU runs by default (bf16), run on the CPU."""
+    texts = long_texts()
+    expected = load(long_tiny_model).encode(texts)
+    engine = Engine(load(long_tiny_model), ["cpu"], EngineOptions(dtype="bfloat16"))
+
+    assert engine.windowed
+    assert cosines(engine.encode(texts), expected).min() > 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own
+def test_compiled_blocked_path_gives_the_same_numbers(long_tiny_model):
+    """torch.compile (a GPU's default for big jobs) over blocks and padding: ≈ 35 s."""
+    texts = long_texts()
+    expected = load(long_tiny_model).encode(texts)
+    options = EngineOptions(compile="on", max_batch_tokens=4096)
+    engine = Engine(load(long_tiny_model), ["cpu"], options)
+
+    assert engine.compiled and engine.windowed
+    assert_allclose(engine.encode(texts), expected, atol=1e-4, rtol=0)
