@@ -17,6 +17,8 @@ fp32 sentence-transformers. Runs are interleaved and repeated; medians are quote
 
     python benchmarks/throughput.py                 # CPU, a few minutes
     python benchmarks/throughput.py --device cuda --short 8192 --long 256
+
+On a lent GPU machine, ``benchmarks/gpu.sh`` runs the GPU measurements in one go.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="modernbert-base,minilm")
     parser.add_argument("--compile", default="off", help="engine --compile on the GPU")
+    parser.add_argument(
+        "--modes",
+        help="engine modes, comma-separated (default: float32,int8 on a CPU; "
+        "float32,bfloat16,float16 on a GPU)",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,7 +65,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     if args.device.startswith("cuda"):
         print(torch.cuda.get_device_name(0))
-    modes = ["float32", "int8"] if args.device == "cpu" else ["float32", "bfloat16", "float16"]
+    modes = (
+        args.modes.split(",")
+        if args.modes
+        else ["float32", "int8"]
+        if args.device == "cpu"
+        else ["float32", "bfloat16", "float16"]
+    )
     samples = ROOT / "sample_inputs"
     sets = {
         "short": make_texts(args.short, 10, 120, seed=1),
