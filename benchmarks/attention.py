@@ -33,7 +33,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192")
-    parser.add_argument("--long", type=int, default=4, help="long documents for the model")
+    parser.add_argument(
+        "--long", type=int, default=4, help="long documents for the model (0: layers only)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -52,15 +54,25 @@ def main() -> None:
         def stock(q=q, k=k, v=v, band=band):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=band)
 
-        def windowed(q=q, k=k, v=v):
-            return attention.windowed_attention(module, q, k, v, None, sliding_window=65)
+        # Built once per forward pass, for all local layers, in both cases.
+        mask = attention.layer_mask(None, local_size=64, q_length=length, device=args.device)
+
+        def windowed(q=q, k=k, v=v, mask=mask):
+            return attention.windowed_attention(module, q, k, v, mask, sliding_window=65)
 
         with torch.inference_mode():
             a, b = _time(stock, args), _time(windowed, args)
         print(f"{length:>7} {a * 1e3:>18.1f} {b * 1e3:>12.1f} {a / b:>8.2f}x")
 
+    if args.long:
+        _engine(args)
+
+
+def _engine(args) -> None:
+    """The same engine with transformers' attention and with windowed attention."""
     from sentence_transformers import SentenceTransformer
 
+    from modernbert_cli import attention
     from modernbert_cli.engine import Engine
     from modernbert_cli.model import quiet_libraries
 

@@ -8,12 +8,13 @@ layers compute 67 million scores per head to keep 1.6% of them. Here a local lay
 cuts the sequence into blocks of :data:`BLOCK` queries, each attending only to the
 ``BLOCK + 2 × sliding_window`` keys that can reach it, so its cost grows with N.
 
-Measured on 2 CPU cores (fp32, 12 heads of 64): one local layer at 8,192 tokens took
-1.33 s as transformers runs it and 0.11 s blocked; at 2,048 tokens 0.25 s and 0.11 s
-(4 texts); at 1,024 both took 0.06 s, so shorter sequences keep the dense band mask.
+Measured on 2 CPU cores (fp32, 12 heads of 64, ``benchmarks/attention.py``): one local
+layer at 8,192 tokens took 1,023 ms with transformers' band mask and 112 ms blocked; at
+2,048 tokens 59 and 27 ms; at 1,024 15 and 14 ms — so shorter sequences keep the dense
+band mask, built once per forward pass for all local layers, as transformers does.
 
-Padding reaches the layers as a B×N key mask, not the B×1×N×N mask transformers
-builds for each kind of layer. A padding position attends at least to itself, so no
+Global layers, and local layers run in blocks, get padding as a B×N key mask rather
+than the B×1×N×N mask transformers builds. A padding position attends at least to itself, so no
 softmax row is empty: torch 2.5 and later give 0 for an empty row, older releases NaN,
 which would reach real tokens through the next global layer's ``weights @ values``.
 Pooling ignores padding positions, so what they hold does not change the embeddings.
@@ -65,14 +66,31 @@ def _register() -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, windowed_attention)
-    AttentionMaskInterface.register(NAME, key_padding_mask)
+    AttentionMaskInterface.register(NAME, layer_mask)
 
 
-def key_padding_mask(attention_mask: Any = None, **_: Any) -> Any:
-    """What the layers get as their mask: the B×N padding mask itself (None: no padding).
+def layer_mask(
+    attention_mask: Any = None,
+    local_size: int | None = None,
+    q_length: int | None = None,
+    device: Any = None,
+    **_: Any,
+) -> Any:
+    """The mask the layers get, built once per forward pass (not once per layer).
 
-    transformers calls this once for the global layers and once for the local ones.
+    transformers calls this once for the global layers and once for the local ones
+    (with ``local_size``, their radius). Global layers, and local layers long enough
+    for blocks, get the B×N padding mask (None: no padding). Shorter local layers get
+    their dense band mask, B×1×N×N.
     """
+    padding = key_padding_mask(attention_mask)
+    if local_size is None or q_length is None or q_length >= BLOCKED_MIN_TOKENS:
+        return padding
+    return _band_mask(q_length, device, padding, local_size)
+
+
+def key_padding_mask(attention_mask: Any) -> Any:
+    """The B×N padding mask itself, True for real tokens; None where there is no padding."""
     import torch
 
     if attention_mask is None:
@@ -93,32 +111,37 @@ def windowed_attention(
     sliding_window: int | None = None,
     **_: Any,
 ) -> tuple[Any, None]:
-    """An ``AttentionInterface`` function: B×H×N×d in, B×N×H×d out, no weights."""
+    """An ``AttentionInterface`` function: B×H×N×d in, B×N×H×d out, no weights.
+
+    ``attention_mask`` is what :func:`layer_mask` built: a local layer's band mask
+    (4-D), or the B×N padding mask, or None.
+    """
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    if sliding_window is None:  # a global layer
-        mask = None if attention_mask is None else attention_mask[:, None, None, :]
-        out = sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
-    elif query.shape[2] >= BLOCKED_MIN_TOKENS:
+    length, local = query.shape[2], sliding_window is not None
+    if local and length >= BLOCKED_MIN_TOKENS:
         radius = module.config.sliding_window
         out = _blocked(query, key, value, attention_mask, radius, scaling, dropout)
     else:
-        radius = module.config.sliding_window
-        mask = _band_mask(query, attention_mask, radius)
+        mask = attention_mask
+        if local and (mask is None or mask.dim() == 2):  # no band mask came: build it
+            mask = _band_mask(length, query.device, mask, module.config.sliding_window)
+        elif mask is not None and mask.dim() == 2:  # a global layer's padding
+            mask = mask[:, None, None, :]
         out = sdpa(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
-def _band_mask(query: Any, attention_mask: Any, radius: int) -> Any:
+def _band_mask(length: int, device: Any, padding: Any, radius: int) -> Any:
     """B×1×N×N (or 1×1×N×N): key within ``radius`` of the query and a real token, or itself."""
     import torch
 
-    positions = torch.arange(query.shape[2], device=query.device)
+    positions = torch.arange(length, device=device)
     offset = positions[None, :] - positions[:, None]
     band = offset.abs() <= radius
-    if attention_mask is None:
+    if padding is None:
         return band[None, None]
-    return (band & attention_mask[:, None, None, :]) | (offset == 0)
+    return (band & padding[:, None, None, :]) | (offset == 0)
 
 
 def _blocked(

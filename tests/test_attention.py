@@ -234,3 +234,30 @@ def test_compiled_blocked_path_gives_the_same_numbers(long_tiny_model):
 
     assert engine.compiled and engine.windowed
     assert_allclose(engine.encode(texts), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("lengths", [[12, 12], [12, 5]])
+def test_short_local_layers_get_their_band_mask_built_once(lengths):
+    """The band mask comes from the mask function (once per pass), not from each layer."""
+    real = real_tokens(lengths, max(lengths))
+    built = attention.layer_mask(real, local_size=RADIUS, q_length=max(lengths), device="cpu")
+    assert built.dim() == 4
+    query, key, value = random_states(len(lengths), max(lengths), seed=3)
+    module = SimpleNamespace(config=SimpleNamespace(sliding_window=RADIUS))
+
+    out, _ = attention.windowed_attention(
+        module, query, key, value, built, scaling=8**-0.5, sliding_window=RADIUS + 1
+    )
+
+    expected = reference_attention(query, key, value, real, RADIUS)
+    for row, length in enumerate(lengths):
+        assert_allclose(out[row, :length], expected[row, :length], atol=1e-6, rtol=0)
+
+
+def test_global_and_long_local_layers_get_the_padding_mask(monkeypatch):
+    monkeypatch.setattr(attention, "BLOCKED_MIN_TOKENS", 10)
+    real = real_tokens([12, 5], 12)
+    assert attention.layer_mask(real, q_length=12, device="cpu") is real
+    assert attention.layer_mask(real, local_size=RADIUS, q_length=12, device="cpu") is real
+    everything = torch.ones(2, 12, dtype=torch.bool)
+    assert attention.layer_mask(everything, local_size=RADIUS, q_length=12) is None
