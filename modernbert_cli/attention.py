@@ -14,10 +14,11 @@ layer at 8,192 tokens took 1,023 ms with transformers' band mask and 112 ms bloc
 band mask, built once per forward pass for all local layers, as transformers does.
 
 Global layers, and local layers run in blocks, get padding as a B×N key mask rather
-than the B×1×N×N mask transformers builds. A padding position attends at least to itself, so no
-softmax row is empty: torch 2.5 and later give 0 for an empty row, older releases NaN,
-which would reach real tokens through the next global layer's ``weights @ values``.
-Pooling ignores padding positions, so what they hold does not change the embeddings.
+than the B×1×N×N mask transformers builds. A padding position attends at least to
+itself, so no softmax row is empty: torch 2.5 and later give 0 for an empty row, older
+releases NaN, which would reach real tokens through the next global layer's
+``weights @ values``. Pooling ignores padding positions, so what they hold does not
+change the embeddings.
 
 >>> install(sentence_transformer)  # doctest: +SKIP
 True

@@ -74,11 +74,15 @@ class EngineOptions:
 
 @dataclass
 class TokenCounts:
-    """What the engine knows of its texts' lengths before running the model."""
+    """What the engine knows of its texts' lengths before running the model.
 
-    tokens: np.ndarray  # tokens per text, prompt and special tokens included; above the
-    # model's limit only a lower bound
-    needed: np.ndarray  # characters of each text that yield the tokens the model keeps
+    ``tokens``: tokens per text, prompt and special tokens included (above the model's
+    limit, a lower bound). ``needed``: how many characters of each text give the tokens
+    the model keeps.
+    """
+
+    tokens: np.ndarray
+    needed: np.ndarray
 
 
 @dataclass
