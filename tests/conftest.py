@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from modernbert_cli.cli import run
@@ -133,6 +134,18 @@ def assert_error(result: Result, status: int, *fragments: str) -> None:
     assert result.stderr.count("\n") == 1, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr
+
+
+def load_model(path: str):
+    """A fresh SentenceTransformer on the CPU (engines may change it: dtype, compile)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu")
+
+
+def cosines(a, b):
+    """Row-wise cosine similarity of two embedding matrices."""
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def run_subprocess(

@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import cosines
+from conftest import load_model as load
 from numpy.testing import assert_allclose
 
 from modernbert_cli import attention
@@ -124,12 +126,6 @@ def long_texts() -> list[str]:
     ]
 
 
-def load(path: str):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(path, device="cpu")
-
-
 def test_install_switches_modernbert_only(long_tiny_model, minilm_path):
     modernbert, minilm = load(long_tiny_model), load(minilm_path)
 
@@ -207,10 +203,6 @@ def test_padding_far_from_any_real_token_stays_finite_with_a_nan_softmax(monkeyp
     assert torch.isfinite(out).all()
     expected = reference_attention(query, key, value, real, RADIUS)
     assert_allclose(out[1, :3], expected[1, :3], atol=1e-6, rtol=0)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_bfloat16_on_the_blocked_path_agrees_with_float32(long_tiny_model):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_error
+from conftest import assert_error, cosines
+from conftest import load_model as load
 from numpy.testing import assert_allclose
 
 from modernbert_cli import encoder as encoder_module
@@ -76,17 +77,6 @@ class StubModel:
 def stub_engine(budget: int, batch_size: int | None = None, max_seq_length: int = 512) -> Engine:
     options = EngineOptions(max_batch_tokens=budget, max_batch_size=batch_size)
     return Engine(StubModel(max_seq_length), ["cpu"], options)
-
-
-def load(path: str):
-    """A fresh model of our own (engines may change it: dtype, compile, replicas)."""
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(path, device="cpu")
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 @pytest.fixture(scope="module")
