@@ -37,7 +37,7 @@ from modernbert_cli.inputs import (
     InputSpec,
     Stdin,
     Text,
-    iter_texts,
+    query_text,
     read_file,
     read_texts,
     scan,
@@ -717,7 +717,7 @@ def embed(
             session.progress(encoder, found.count),
         ):
             writer = render.EmbeddingsWriter(stream, fmt_name, encoder.name)
-            for chunk in _chunks(iter_texts(spec, session.stdin)):
+            for chunk in _chunks(found):
                 writer.write(chunk, encoder.encode([t.text for t in chunk], options))
             writer.close()
     session.report_truncated(encoder.truncated, found.count, encoder.max_seq_length)
@@ -803,14 +803,13 @@ def similar(
     )
     args = list(args or ())
     if queries is not None:
-        query_texts = read_file(queries, InputSpec(field=field, column=column), session.stdin)
+        query_texts = read_file(
+            queries, InputSpec(field=field, column=column), session.stdin, option="--queries"
+        )
     elif not args:
         raise UsageError("missing QUERY: give a query, or many with --queries FILE")
     else:
-        query = args.pop(0)
-        if not query.strip():
-            raise UsageError("QUERY is empty")
-        query_texts = [Text(query, "<query>")]
+        query_texts = [query_text(args.pop(0))]
 
     spec = _input_spec(args, inputs, field, column, documents)
     stored = None
@@ -834,7 +833,7 @@ def similar(
         else:
             # The corpus streams through in chunks; only the best k per query are kept.
             with session.progress(encoder, corpus_size):
-                for chunk in _chunks(iter_texts(spec, session.stdin)):
+                for chunk in _chunks(found):
                     vectors = encoder.encode([t.text for t in chunk], options, role="document")
                     best.add(query_vectors, vectors, chunk)
     session.report_truncated(
@@ -939,7 +938,10 @@ def matrix(
         rows = read_texts(spec, session.stdin).texts
         columns = (
             read_file(
-                against, InputSpec(field=field, column=column, documents=documents), session.stdin
+                against,
+                InputSpec(field=field, column=column, documents=documents),
+                session.stdin,
+                option="--against",
             )
             if against
             else rows
