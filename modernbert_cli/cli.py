@@ -1022,7 +1022,7 @@ def _message(error: CliError) -> str:
     """The core words an error by its settings' names; here, by the options' flags."""
     if isinstance(error, SettingError):
         where = flag(error.setting) + (f" {error.value}" if error.has_value else "")
-        return f"{where}: {error.reason}"
+        return f"{where}: {error.worded(flag)}"
     return str(error)
 
 
