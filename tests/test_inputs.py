@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_error
 
 from modernbert_cli import inputs
 from modernbert_cli.errors import ExitStatus, InputError, UsageError
@@ -965,3 +966,14 @@ def test_decode_is_the_rule_for_every_input():
         inputs.decode(b"\x7fELF\x00", "x")
     with pytest.raises(InputError, match=r"^x:3: binary data \(a NUL byte\)"):
         inputs.decode(b"a" * 9000 + b"\n\n\x00", "x")
+
+
+@pytest.mark.usefixtures("no_model")
+@pytest.mark.parametrize("command", ["embed", "matrix"])
+def test_max_line_bytes_option_bounds_one_line(cli, tmp_path, command: str) -> None:
+    file = tmp_path / "long.txt"
+    file.write_text("short\n" + "x" * 100 + "\n")
+    result = cli(command, "-i", str(file), "--max-line-bytes", "50")
+    assert_error(result, ExitStatus.INPUT, f"{file}:2", "--max-line-bytes")
+    queries = cli("similar", "--queries", str(file), "a", "--max-line-bytes", "50")
+    assert_error(queries, ExitStatus.INPUT, f"{file}:2")
