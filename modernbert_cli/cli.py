@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 import typer
 from rich.console import Console
 
-from modernbert_cli import __version__, render
+from modernbert_cli import __version__, coercion, render
 from modernbert_cli.errors import CliError, ExitStatus, SettingError, StdoutClosed, UsageError
 from modernbert_cli.inputs import (
     MAX_LINE_BYTES,
@@ -155,6 +155,7 @@ def _command() -> Any:
         for name in _RUNS_A_MODEL:
             _add_settings(group.commands[name], options)
         _plain_help(group)
+        coercion.install(group)
         _COMMAND = group
     return _COMMAND
 
