@@ -24,7 +24,6 @@ import os
 import socket
 import stat
 import struct
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,14 +44,19 @@ class ServerError(Exception):
     """The server could not be reached, or failed mid-request: work in-process instead."""
 
 
+class UnknownOp(ServerError):
+    """The server is of an older version that lacks this request: ask it the old way."""
+
+
 def runtime_dir() -> Path:
     """A folder only this user can enter: $XDG_RUNTIME_DIR/modernbert-cli, else /tmp."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    folder = (
-        Path(base) / "modernbert-cli"
-        if base
-        else Path(tempfile.gettempdir()) / f"modernbert-cli-{os.getuid()}"
-    )
+    if base:
+        folder = Path(base) / "modernbert-cli"
+    else:
+        import tempfile
+
+        folder = Path(tempfile.gettempdir()) / f"modernbert-cli-{os.getuid()}"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     # In a shared /tmp the name could be taken first: use only a real folder of ours.
     status = os.lstat(folder)
@@ -168,7 +172,10 @@ class ServerClient:
             self.close()
             raise ServerError("the server closed the connection mid-request")
         if not reply.get("ok"):
-            raise ServerError(f"the server refused the request: {reply.get('error', 'no reason')}")
+            reason = str(reply.get("error", "no reason"))
+            if reason == f"unknown op {message.get('op')!r}":
+                raise UnknownOp(reason)
+            raise ServerError(f"the server refused the request: {reason}")
         return reply
 
     def info(self) -> dict[str, Any]:
@@ -184,6 +191,38 @@ class ServerClient:
         if len(vectors) != len(texts) or len(truncated) != len(texts):
             raise ServerError("the server answered for a different number of texts")
         return vectors, truncated
+
+    def similar(
+        self,
+        queries: list[str],
+        corpus: list[str],
+        *,
+        top_k: int | None,
+        threshold: float | None,
+        metric: str,
+        cache: tuple[str, int] | None,
+    ) -> dict[str, Any]:
+        """The corpus ranked for each query by the server, which also asks the cache.
+
+        ``cache``: the cache file and bound this command would use, or None. The reply
+        has ``hits`` (per query, ``[index, score]`` best first), ``truncated`` (how many
+        texts were cut at the token limit) and ``warnings`` (about the cache).
+        """
+        reply = self.request(
+            {
+                "op": "similar",
+                "queries": queries,
+                "corpus": corpus,
+                "top_k": top_k,
+                "threshold": threshold,
+                "metric": metric,
+                "cache": None if cache is None else {"path": cache[0], "max_bytes": cache[1]},
+            }
+        )
+        hits = reply.get("hits")
+        if not isinstance(hits, list) or len(hits) != len(queries):
+            raise ServerError("the server answered for a different number of queries")
+        return reply
 
     def close(self) -> None:
         if self._sock is not None:

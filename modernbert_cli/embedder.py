@@ -19,11 +19,10 @@ server-backed run never pays for torch at all.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
 from modernbert_cli.errors import SettingError
@@ -34,13 +33,22 @@ if TYPE_CHECKING:
 
     from modernbert_cli.encoder import EncodeOptions, Encoder, Role
     from modernbert_cli.engine import ProgressFn
-    from modernbert_cli.scoring import Hit
+    from modernbert_cli.hits import Hit
 
 # Texts embedded (and read, when they come from a stream) at a time: large enough to
 # keep a GPU busy, small enough that memory does not depend on the size of the input.
 CHUNK_TEXTS = 8192
 
-_log = logging.getLogger("modernbert_cli")
+
+def _log(level: str) -> Callable[[str], None]:
+    """Messages to the ``modernbert_cli`` logger (imported on first message: it costs)."""
+
+    def log(message: str) -> None:
+        import logging
+
+        getattr(logging.getLogger("modernbert_cli"), level)(message)
+
+    return log
 
 
 class Embedder:
@@ -65,8 +73,8 @@ class Embedder:
         **settings: Any,
     ) -> None:
         self.settings = Settings(model=model, **settings)
-        self._note = note or _log.info
-        self._warn = warn or _log.warning
+        self._note = note or _log("info")
+        self._warn = warn or _log("warning")
         self._loading = loading or (lambda name: nullcontext())
         self._expected = expected_texts
         self._encoder: Encoder | None = None
@@ -291,22 +299,89 @@ class Embedder:
         (memory holds one chunk of it and the best ``top_k`` per query). With
         ``corpus_embeddings``, those rows are scored and ``corpus`` only labels them.
         """
+        if corpus_embeddings is None:
+            metric = metric or self.similarity_fn_name
+            answered, corpus = self._similar_on_server(queries, corpus, top_k, threshold, metric)
+            if answered is not None:
+                return answered
+            return rank(
+                lambda texts, role: self.embed(texts, role=role),
+                _strings(queries),
+                corpus,
+                top_k=top_k,
+                threshold=threshold,
+                metric=metric,
+            )
         from modernbert_cli.scoring import TopK
 
         query_vectors = self.embed(_strings(queries), role="query")
         best = TopK(len(queries), metric or self.similarity_fn_name, k=top_k, threshold=threshold)
-        if corpus_embeddings is not None:
-            made, makes = corpus_embeddings.shape[1], query_vectors.shape[1]
-            if made != makes:
-                raise SettingError(
-                    "corpus_embeddings",
-                    f"has {made} dimensions but model '{self.name}' makes {makes}",
-                )
-            best.add(query_vectors, corpus_embeddings, list(corpus))
-            return best.results()
-        for chunk in chunks(corpus):
-            best.add(query_vectors, self.embed(_strings(chunk), role="document"), chunk)
+        made, makes = corpus_embeddings.shape[1], query_vectors.shape[1]
+        if made != makes:
+            raise SettingError(
+                "corpus_embeddings",
+                f"has {made} dimensions but model '{self.name}' makes {makes}",
+            )
+        best.add(query_vectors, corpus_embeddings, list(corpus))
         return best.results()
+
+    def _similar_on_server(
+        self,
+        queries: Sequence[Any],
+        corpus: Iterable[Any],
+        top_k: int | None,
+        threshold: float | None,
+        metric: str,
+    ) -> tuple[list[list[Hit]] | None, Iterable[Any]]:
+        """The hits, when a warm server ranked the corpus (and asked the cache) for us.
+
+        Then this process needs neither numpy nor the cache file: a one-off query costs
+        a socket round trip. Otherwise (no server, a corpus over one chunk, a server too
+        old or failing) the hits are None and the corpus comes back whole, to be
+        ranked here.
+        """
+        from modernbert_cli.settings import METRICS
+
+        if not self.settings.server or self.encoder.server is None:
+            return None, corpus
+        iterator = iter(corpus)
+        head = list(islice(iterator, CHUNK_TEXTS + 1))
+        corpus = chain(head, iterator)
+        if len(head) > CHUNK_TEXTS:  # a big corpus streams past here, a chunk at a time
+            return None, corpus
+        if metric not in METRICS:  # as scoring words it
+            raise SettingError("metric", f"choose from {', '.join(METRICS)}", metric)
+        from modernbert_cli.client import ServerError, UnknownOp
+        from modernbert_cli.hits import Hit
+
+        encoder = self.encoder
+        cache = encoder.cache
+        where = None if cache is None or cache.disabled else (str(cache.path), cache.max_bytes)
+        try:
+            reply = encoder.server.similar(
+                _strings(queries),
+                _strings(head),
+                top_k=top_k,
+                threshold=threshold,
+                metric=metric,
+                cache=where,
+            )
+            hits = [
+                [Hit(n, int(i), float(score), head[int(i)]) for n, (i, score) in enumerate(row, 1)]
+                for row in reply["hits"]
+            ]
+        except UnknownOp:
+            return None, corpus
+        except (ServerError, LookupError, TypeError, ValueError) as error:
+            encoder.server = None
+            self._note(f"{error}; working in-process instead")
+            return None, corpus
+        encoder.truncated += int(reply.get("truncated") or 0)
+        for warning in reply.get("warnings") or []:
+            self._warn(str(warning))
+        if encoder.progress is not None:
+            encoder.progress(len(queries) + len(head), 0)
+        return hits, corpus
 
     def matrix(
         self,
@@ -353,6 +428,29 @@ class Embedder:
 
         options.pop("role", None)
         return EncodeOptions(**options)
+
+
+def rank(
+    embed: Callable[[list[str], Role], np.ndarray],
+    queries: list[str],
+    corpus: Iterable[Any],
+    *,
+    top_k: int | None,
+    threshold: float | None,
+    metric: str,
+) -> list[list[Hit]]:
+    """For each query, the best of ``corpus`` (streamed a chunk at a time) by ``metric``.
+
+    ``embed(texts, role)`` gives the vectors; the warm server ranks with this too, so
+    its answers are the ones this process would give.
+    """
+    from modernbert_cli.scoring import TopK
+
+    query_vectors = embed(queries, "query")
+    best = TopK(len(queries), metric, k=top_k, threshold=threshold)
+    for chunk in chunks(corpus):
+        best.add(query_vectors, embed(_strings(chunk), "document"), chunk)
+    return best.results()
 
 
 def chunks(items: Iterable[Any], size: int | None = None) -> Iterator[list[Any]]:

@@ -15,16 +15,18 @@ counts what a command-line user needs to know: the texts cut at the token limit.
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-
-import numpy as np
 
 from modernbert_cli.engine import Engine, EngineOptions, ProgressFn, token_counts
 from modernbert_cli.errors import SettingError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from modernbert_cli.cache import EmbeddingCache
     from modernbert_cli.client import ServerClient
     from modernbert_cli.model import ModelFiles
@@ -83,6 +85,8 @@ class Encoder:
         self._counts: dict[str, list[int]] = {}  # fingerprint -> [hits, misses]
         self._model: Any = None
         self._engine: Engine | None = None
+        # The model runs one batch at a time, whoever asks (the server's clients).
+        self._model_lock = threading.Lock()
         if model is not None:
             self._attach(model, list(devices or [str(model.device)]))
 
@@ -134,6 +138,14 @@ class Encoder:
         """The model's own prompt for ``role`` ("" when it has none)."""
         return self.prompts.get(role) or ""
 
+    def sharing(self, cache: EmbeddingCache | None) -> Encoder:
+        """An Encoder on the same model with ``cache`` and counts of its own (one request's)."""
+        twin = copy.copy(self)
+        twin.cache, twin.server, twin.progress = cache, None, None
+        twin.truncated = twin.hits = twin.misses = 0
+        twin._ranges, twin._counts = {}, {}
+        return twin
+
     def check(self, options: EncodeOptions) -> None:
         """Reject options that cannot make sense, before any work is done."""
         if options.prompt is not None and options.prompt_name is not None:
@@ -169,6 +181,8 @@ class Encoder:
         stream of calls, int8/uint8 use the ranges of the first call, so every chunk
         is quantized alike.
         """
+        import numpy as np
+
         raw, truncated = self._raw(texts, options, role)
         self.truncated += int(truncated.sum())
         if options.truncate_dim is not None:
@@ -188,6 +202,8 @@ class Encoder:
         self, texts: Sequence[str], options: EncodeOptions, role: Role | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's float32 outputs and which texts were truncated: cache, then model."""
+        import numpy as np
+
         if self.cache is None or self.cache.disabled or not texts:
             self.misses += len(texts)
             return self._compute(texts, options, role)
@@ -238,16 +254,17 @@ class Encoder:
         self, texts: Sequence[str], prompt: str, role: Role | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's float32 vectors for ``prompt + text``, and which texts were truncated."""
-        engine = self.engine  # loads the model on first need
-        if engine is None:
-            truncated = self._token_lengths(texts, prompt) > int(self.model.max_seq_length)
-            return self._encode_with_sentence_transformers(texts, prompt, role), truncated
-        counts = engine.token_counts(texts, prompt)
-        truncated = counts.tokens > engine.max_seq_length
-        vectors = engine.encode(
-            texts, prompt=prompt or None, task=role, counts=counts, progress=self.progress
-        )
-        return vectors, truncated
+        with self._model_lock:
+            engine = self.engine  # loads the model on first need
+            if engine is None:
+                truncated = self._token_lengths(texts, prompt) > int(self.model.max_seq_length)
+                return self._encode_with_sentence_transformers(texts, prompt, role), truncated
+            counts = engine.token_counts(texts, prompt)
+            truncated = counts.tokens > engine.max_seq_length
+            vectors = engine.encode(
+                texts, prompt=prompt or None, task=role, counts=counts, progress=self.progress
+            )
+            return vectors, truncated
 
     def fingerprint(self, options: EncodeOptions, role: Role | None) -> str:
         """The cache key of the model as it runs now, with this prompt (and task)."""
@@ -272,6 +289,8 @@ class Encoder:
     ) -> np.ndarray:
         # The prompt is given as text, so plain encode with the task equals
         # encode_query/encode_document.
+        import numpy as np
+
         task = {"task": role} if role else {}
         vectors = self.model.encode(list(texts), prompt=prompt, convert_to_numpy=True, **task)
         if self.progress is not None:
@@ -282,6 +301,8 @@ class Encoder:
         """sentence-transformers' quantize_embeddings, with ranges fixed by the first chunk."""
         if precision == "float32":
             return vectors
+        import numpy as np
+
         try:  # sentence-transformers >= 6
             from sentence_transformers.util.quantization import quantize_embeddings
         except ImportError:
@@ -311,6 +332,8 @@ class Encoder:
         return prompts.get(name) or "" if name else ""
 
     def _token_lengths(self, texts: Sequence[str], prompt: str = "") -> np.ndarray:
+        import numpy as np
+
         tokenizer = getattr(self.model, "tokenizer", None)
         if tokenizer is None or not texts:
             return np.zeros(len(texts), dtype=np.int64)

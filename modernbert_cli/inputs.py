@@ -21,7 +21,6 @@ import csv
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +174,8 @@ def _spool(stream: BinaryIO, name: str, document: bool, spec: InputSpec) -> Any:
     A binary head, a line over the limit or a document over the limit is an error
     here, before the rest is copied: `-i /dev/zero` or `-i /dev/urandom` ends at once.
     """
+    import tempfile  # here: most inputs are files or arguments
+
     limit = spec.max_document_bytes if document else spec.max_line_bytes
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY)  # noqa: SIM115 (kept open)
     size, line, run = 0, 1, 0  # run: bytes of the current line so far

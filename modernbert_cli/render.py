@@ -11,7 +11,6 @@ import csv
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from modernbert_cli.errors import OutputError, StdoutClosed, UsageError
 from modernbert_cli.inputs import Text
 
 if TYPE_CHECKING:
-    from modernbert_cli.scoring import Hit
+    from modernbert_cli.hits import Hit
 
 EMBED_FORMATS = ("table", "jsonl", "json", "csv", "tsv", "npy")
 SIMILAR_FORMATS = ("table", "jsonl", "json", "csv", "tsv")
@@ -82,6 +81,8 @@ def open_output(path: str | None, binary: bool = False) -> Iterator[IO[Any]]:
     if target.is_dir():
         raise OutputError(f"-o {path}: is a directory")
     directory = target.parent if str(target.parent) else Path(".")
+    import tempfile  # here: a command that writes to stdout does without it
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as error:

@@ -18,11 +18,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from modernbert_cli.errors import InputError
 from modernbert_cli.inputs import Text, decode
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
@@ -50,6 +52,8 @@ def load(path: str, texts: Sequence[Text] = ()) -> SavedCorpus:
 
 
 def _load_npy(file: Path, texts: Sequence[Text]) -> SavedCorpus:
+    import numpy as np
+
     try:
         embeddings = np.load(file, allow_pickle=False)
     except (ValueError, OSError) as error:
@@ -71,6 +75,8 @@ def _load_npy(file: Path, texts: Sequence[Text]) -> SavedCorpus:
 
 
 def _load_json(file: Path, whole: bool) -> SavedCorpus:
+    import numpy as np
+
     text = decode(file.read_bytes(), str(file))
     if whole:
         try:

@@ -3,7 +3,7 @@
 The metrics are sentence-transformers' (``cosine``, ``dot``, and ``euclidean`` and
 ``manhattan`` as negative distances), computed here with numpy in float64 and
 returned as float32: they equal ``model.similarity`` to float rounding, need no torch
-(so a client of a warm server stays light), and do not depend on how a corpus is
+(a warm server ranks for its clients with them), and do not depend on how a corpus is
 chunked, which keeps ties in corpus order. Results are plain data (:class:`Hit`,
 numpy arrays).
 
@@ -15,38 +15,19 @@ numpy arrays).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from modernbert_cli.errors import SettingError
+from modernbert_cli.hits import Hit
 from modernbert_cli.settings import METRICS
 
 # Rows of the score matrix computed at once when ranking: bounds memory for big
 # query sets against big corpora (rows × corpus × 4 bytes).
 _ROW_CHUNK = 256
 
-
-@dataclass(frozen=True)
-class Hit:
-    """One ranked result: corpus row ``index`` (``item`` is what the caller gave for it)."""
-
-    rank: int
-    index: int
-    score: float
-    item: Any = None
-
-    @property
-    def text(self) -> str:
-        """The text ranked (``item`` itself, or its ``.text``)."""
-        return getattr(self.item, "text", self.item)
-
-    @property
-    def source(self) -> str | None:
-        """Where the text came from (``notes.txt:12``), when the item says."""
-        return getattr(self.item, "source", None)
-
+__all__ = ["Hit", "TopK", "matrix", "pairwise", "top_k"]
 
 # Manhattan needs rows × columns × dimensions of work space: this many elements at once.
 _MANHATTAN_BLOCK = 1 << 22

@@ -30,7 +30,7 @@ from modernbert_cli.client import MAX_MESSAGE_BYTES, pack_vectors, receive, send
 
 
 class Backend:
-    """The model side of the server: an Encoder, one batch at a time."""
+    """The model side of the server: an Encoder (it runs one batch at a time)."""
 
     def __init__(self, encoder: Any, key: str, idle_timeout: float) -> None:
         self.encoder = encoder
@@ -39,7 +39,6 @@ class Backend:
         self.started = time.time()
         self.last_request = time.monotonic()
         self.requests = 0
-        self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -61,8 +60,54 @@ class Backend:
             raise ValueError("'prompt' must be a string or null")
         if task not in (None, "query", "document"):
             raise ValueError("'task' must be null, 'query' or 'document'")
-        with self._lock:
-            return self.encoder.compute_prompted(texts, prompt or "", task)
+        return self.encoder.compute_prompted(texts, prompt or "", task)
+
+    def similar(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A client's whole ``similar``: its cache asked here, the corpus ranked here.
+
+        The ranking is :func:`~modernbert_cli.embedder.rank`, as the client would run
+        it, on the vectors its cache or this model gives: the same hits and scores.
+        """
+        from modernbert_cli.cache import EmbeddingCache
+        from modernbert_cli.embedder import rank
+        from modernbert_cli.encoder import EncodeOptions
+
+        queries, corpus = message.get("queries"), message.get("corpus")
+        for name, texts in (("queries", queries), ("corpus", corpus)):
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise ValueError(f"'{name}' must be a list of strings")
+        if not queries:
+            raise ValueError("'queries' is empty: give at least one query")
+        top_k, threshold = message.get("top_k"), message.get("threshold")
+        if top_k is not None and (type(top_k) is not int or top_k < 1):
+            raise ValueError("'top_k' must be null or a whole number from 1")
+        if threshold is not None and type(threshold) not in (int, float):
+            raise ValueError("'threshold' must be null or a number")
+        where = message.get("cache")
+        warnings: list[str] = []
+        cache = None
+        if where is not None:
+            path, bound = where.get("path"), where.get("max_bytes")
+            if not isinstance(path, str) or type(bound) is not int:
+                raise ValueError("'cache' must be null or {path: string, max_bytes: integer}")
+            cache = EmbeddingCache(Path(path), bound, warn=warnings.append)
+        encoder = self.encoder.sharing(cache)
+        try:
+            hits = rank(
+                lambda texts, role: encoder.encode(texts, EncodeOptions(), role=role),
+                queries,
+                corpus,
+                top_k=top_k,
+                threshold=threshold,
+                metric=str(message.get("metric")),
+            )
+        finally:
+            encoder.close()  # records the cache's hits and misses, as the client would
+        return {
+            "hits": [[[hit.index, hit.score] for hit in row] for row in hits],
+            "truncated": encoder.truncated,
+            "warnings": warnings,
+        }
 
     def touch(self) -> None:
         self.last_request = time.monotonic()
@@ -81,6 +126,8 @@ def handle(backend: Backend, message: dict[str, Any], stop: Callable[[], None]) 
                 message.get("texts"), message.get("prompt"), message.get("task")
             )
             return {"ok": True, **pack_vectors(vectors), "truncated": truncated.tolist()}
+        if op == "similar":
+            return {"ok": True, **backend.similar(message)}
         if op == "stop":
             stop()
             return {"ok": True}

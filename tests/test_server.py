@@ -35,11 +35,15 @@ from conftest import ROOT, TINY_MAX_SEQ_LENGTH
 
 from modernbert_cli import client, server
 from modernbert_cli import model as model_loading
+from modernbert_cli.cache import EmbeddingCache, default_path
 from modernbert_cli.embedder import Embedder
 from modernbert_cli.encoder import Encoder
 from modernbert_cli.errors import ExitStatus
 
 HEAVY = ("torch", "transformers", "sentence_transformers")
+# What a one-off similar with a warm server and no cache does without: the server ranks,
+# the options are converted without Pydantic, no help is drawn.
+NOT_NEEDED = (*HEAVY, "numpy", "pydantic", "sqlite3", "rich.markdown", "typer.rich_utils")
 TEXTS = [
     "a cat sat on the mat",
     "the stock market fell sharply",
@@ -130,10 +134,11 @@ def start_server(loaded, tiny_model: str, key: str) -> Iterator[Callable[..., Ru
         *,
         path: Path | None = None,
         http: tuple[str, int] | None = None,
+        encoder: Encoder | None = None,
     ) -> Running:
         server_key = server_key or key
         path = path or client.socket_path(key)
-        encoder = Encoder(loaded, model_loading.canonical_name(tiny_model), ["cpu"])
+        encoder = encoder or Encoder(loaded, model_loading.canonical_name(tiny_model), ["cpu"])
         backend = server.Backend(encoder, server_key, idle_timeout=600.0)
         ready, failed = threading.Event(), []
 
@@ -289,6 +294,66 @@ def test_a_server_of_another_key_on_the_socket_is_refused(cli, start_server, tin
     assert "another model or settings" in lines[0] and "in-process" in lines[0]
     # It was asked who it is, and nothing more.
     assert running.backend.requests == 2  # the fixture's own info, and the client's
+
+
+def served_as_serve_does(tiny_model: str) -> Encoder:
+    """The Encoder `serve -m TINY --device cpu` runs: the model's files and settings known."""
+    return make_run(tiny_model, cache=False, server=False).load().encoder
+
+
+def test_similar_through_the_server_uses_and_fills_the_clients_cache(
+    cli, start_server, tiny_model, monkeypatch
+):
+    args = [*COMMANDS["similar"], "-m", tiny_model, "--device", "cpu"]
+    alone = cli(*args, "--no-server", "--no-cache")
+    running = start_server(encoder=served_as_serve_does(tiny_model))
+    with monkeypatch.context() as patch:
+        patch.setattr(model_loading, "load", lambda spec: pytest.fail("the client loaded it"))
+        served = cli(*args)
+        assert served.code == 0, served.stderr
+        assert (served.stdout_bytes, served.stderr) == (alone.stdout_bytes, alone.stderr)
+        # The fixture's info; the client's info, then one request for the whole similar.
+        assert running.backend.requests == 3
+        # The server filled this command's cache: without the server, nothing is missing.
+        again = cli(*args, "--no-server")
+    assert (again.stdout_bytes, again.stderr) == (alone.stdout_bytes, alone.stderr)
+    # Recorded as a run of its own would: 6 misses (the server's run), then 6 hits.
+    (stats,) = EmbeddingCache(default_path()).stats()
+    assert (stats.entries, stats.hits, stats.misses) == (6, 6, 6)
+
+
+def test_a_damaged_cache_warns_the_client_of_a_server(cli, start_server, tiny_model, tmp_path):
+    running = start_server(encoder=served_as_serve_does(tiny_model))
+    args = [*COMMANDS["similar"], "-m", tiny_model, "--device", "cpu", "-q"]
+    cache = Path(os.environ["MODERNBERT_CLI_CACHE_DIR"]) / "embeddings.sqlite3"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(b"not a database" * 100)
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert result.stdout == cli(*args, "--no-server", "--no-cache").stdout
+    (line,) = notes(result.stderr)
+    assert "warning: embedding cache" in line and "unusable" in line
+    assert running.backend.requests == 3
+
+
+def test_a_server_without_similar_still_embeds_for_it(cli, start_server, tiny_model, monkeypatch):
+    """A server of an older version: the client ranks itself, quietly, with the server's vectors."""
+    args = [*COMMANDS["similar"], "-m", tiny_model, "--device", "cpu", "--no-cache"]
+    alone = cli(*args, "--no-server")
+    running = start_server()
+    old_handle = server.handle
+
+    def handle(backend, message, stop):
+        if message.get("op") == "similar":
+            backend.touch()
+            return {"ok": False, "error": "unknown op 'similar'"}
+        return old_handle(backend, message, stop)
+
+    monkeypatch.setattr(server, "handle", handle)
+    monkeypatch.setattr(model_loading, "load", lambda spec: pytest.fail("the client loaded it"))
+    served = cli(*args)
+    assert (served.stdout_bytes, served.stderr) == (alone.stdout_bytes, alone.stderr)
+    assert running.backend.requests == 5  # 2 infos; similar refused; then the two embeds
 
 
 # --- a server that is gone, or goes ---------------------------------------------------------
@@ -617,7 +682,7 @@ CLIENT_PROBE = f"""
 import json, sys
 from modernbert_cli.cli import run
 code = int(run(json.loads(sys.argv[1])))
-print(json.dumps({{"code": code, "heavy": sorted(m for m in {HEAVY!r} if m in sys.modules)}}))
+print(json.dumps({{"code": code, "heavy": sorted(m for m in {NOT_NEEDED!r} if m in sys.modules)}}))
 """
 
 
@@ -640,8 +705,8 @@ def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, deta
     assert str(info["pid"]) in row.split()
     assert model_loading.canonical_name(tiny_model) in row
 
-    # A one-off command against it: right numbers, and neither torch nor
-    # sentence-transformers imported.
+    # A one-off command against it: right numbers, and neither torch nor numpy (nor the
+    # rest of NOT_NEEDED) imported.
     args = ["similar", "q", "a", "b", "c", *model, "--no-cache", "-f", "jsonl"]
     probe = subprocess.run(
         [sys.executable, "-c", CLIENT_PROBE, json.dumps(args)],
