@@ -349,11 +349,19 @@ class Run:
         name = model_loading.canonical_name(self.model)
         return name, self.vector_settings(effective_dtype(self.device, self.dtype.value))
 
+    def fingerprint(self) -> str:
+        """The model's files (path, sizes, times) and the settings that change its vectors."""
+        from modernbert_cli import model as model_loading
+        from modernbert_cli.cache import fingerprint
+
+        name, settings = self.identity()
+        return fingerprint(model_loading.ModelFiles.find(self.model).directory, name, settings)
+
     def server_key(self) -> str:
-        """Which warm server may answer this run: one with the same model and settings."""
+        """Which warm server may answer this run: same model, settings and model files."""
         from modernbert_cli.client import server_key
 
-        return server_key(*self.identity())
+        return server_key(*self.identity(), self.fingerprint())
 
     def argv(self) -> list[str]:
         """These options as command-line arguments (to start a server with them)."""
@@ -1009,7 +1017,17 @@ def serve(
         typer.Option(
             "--http",
             metavar="HOST:PORT",
-            help="Also serve OpenAI-compatible POST /v1/embeddings (host defaults to 127.0.0.1).",
+            help="Also serve the OpenAI embeddings API (host defaults to 127.0.0.1).",
+            show_default=False,
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="MODERNBERT_CLI_API_KEY",
+            show_envvar=True,
+            help="With --http: require 'Authorization: Bearer KEY'.",
             show_default=False,
         ),
     ] = None,
@@ -1017,7 +1035,8 @@ def serve(
     run: Run,
 ) -> None:
     """Keep a model warm: embed, similar and matrix use it and answer in a fraction of a second."""
-    from modernbert_cli import client
+    from modernbert_cli import client, openai_api
+    from modernbert_cli import model as model_loading
 
     session = Session.start(run.quiet)
     if sum((detach, status, stop)) > 1:
@@ -1029,27 +1048,44 @@ def serve(
     if status:
         render.write_servers(sys.stdout, _servers(session))
         return
-    address = _http_address(http) if http else None
+    address = openai_api.parse_http_address(http) if http else None
     name, _ = run.identity()
+    if not stop and model_loading.ModelFiles.find(run.model).directory is None:
+        # A hub model not fetched yet: fetch it first, so that the key names its files.
+        model_loading.load(run.spec)
     key = run.server_key()
-    path = client.socket_path(key)
     if stop:
-        connection = client.ServerClient(path, key)
-        try:
-            connection.request({"op": "stop"})
-        except client.ServerError:
-            raise UsageError(f"no server runs {run.model} with these settings") from None
-        finally:
-            connection.close()
-        client.wait_removed(path)  # stopped means gone: a new server may start at once
+        if client.stop_server(key) is None:
+            raise UsageError(f"no server runs {run.model} with these settings")
         session.note(f"stopped the server of {run.model}")
         return
-    if client.is_alive(path, key):
-        raise UsageError(f"a server for {run.model} already runs on {path}")
-    if detach:
-        _start_detached(session, run, idle_timeout, http, path, key)
-        return
-    _serve_here(session, run, name, key, path, idle_timeout * 60, address)
+    url = openai_api.http_url(address) if address else None
+    try:
+        lock = client.lock_server(key, {"model": name, "http": url})
+    except client.ServerRunning as error:
+        raise UsageError(
+            f"a server for {run.model} already runs ({error.where}); 'serve --stop' stops it"
+        ) from None
+    listener = None
+    try:
+        path = client.socket_path(key)
+        if client.is_alive(path, key):  # a server that holds no lock (an older version)
+            raise UsageError(f"a server for {run.model} already runs on {path}")
+        listener = openai_api.bind_http(address) if address else None  # before the model load
+        warning = openai_api.exposure_warning(address, api_key) if address else None
+        if warning:
+            session.warn(warning)
+        if detach:
+            if listener is not None:
+                listener.close()  # the address is free: the server will listen on it itself
+                listener = None
+            _start_detached(session, run, idle_timeout, http, key, lock, api_key)
+        else:
+            _serve_here(session, run, name, key, idle_timeout * 60, listener, lock, api_key)
+    finally:
+        if listener is not None:
+            listener.close()
+        lock.close()
 
 
 def _serve_here(
@@ -1057,12 +1093,15 @@ def _serve_here(
     run: Run,
     name: str,
     key: str,
-    path: Any,
     idle_seconds: float,
-    address: tuple[str, int] | None,
+    listener: Any,
+    lock: Any,
+    api_key: str | None,
 ) -> None:
+    from modernbert_cli import client
     from modernbert_cli import model as model_loading
     from modernbert_cli.encoder import Encoder
+    from modernbert_cli.errors import ModelError
     from modernbert_cli.server import Backend
     from modernbert_cli.server import serve as serve_forever
 
@@ -1075,45 +1114,55 @@ def _serve_here(
         encoder = Encoder(
             loaded, name, model_loading.pick_devices(run.device), run.engine, expected_texts=None
         )
-    backend = Backend(encoder, key, idle_seconds)
+    if run.server_key() != key:  # the key says which files it serves: they must be these
+        raise ModelError(f"model '{run.model}': its files changed while it loaded; start again")
+    backend = Backend(
+        encoder, key, idle_seconds, fingerprint=run.fingerprint(), started_as=run.model
+    )
     try:
         serve_forever(
-            backend, path, address, ready=lambda where: session.note(f"serving {name} on {where}")
+            backend,
+            client.socket_path(key),
+            listener,
+            ready=lambda where: session.note(f"serving {name} on {where}"),
+            api_key=api_key,
+            lock=lock,
         )
     except OSError as error:
         raise UsageError(f"cannot serve: {error.strerror or error}") from None
 
 
 def _start_detached(
-    session: Session, run: Run, idle_timeout: float, http: str | None, path: Any, key: str
+    session: Session,
+    run: Run,
+    idle_timeout: float,
+    http: str | None,
+    key: str,
+    lock: Any,
+    api_key: str | None,
 ) -> None:
     """Start ``serve`` in the background with these options; return once it answers."""
     from modernbert_cli import client
+    from modernbert_cli.openai_api import API_KEY_ENV
 
     args = ["serve", *run.argv(), "--idle-timeout", str(idle_timeout)]
     args += ["--http", http] if http else []
+    env = {API_KEY_ENV: api_key} if api_key else {}  # not in argv, where `ps` shows it
     try:
-        pid, log = client.start_detached(args, path, key)
+        pid, log = client.start_detached(args, key, lock, env)
     except client.ServerError as error:
         raise CliError(str(error)) from None
     session.note(f"server of {run.model} started (pid {pid}); log: {log}")
 
 
 def _servers(session: Session) -> list[dict[str, Any]]:
-    """Every server of this user that answers; stale sockets are removed, with a note."""
+    """Every server of this user; stale sockets are removed, with a note."""
     from modernbert_cli.client import running_servers
 
     servers, stale = running_servers()
     for path in stale:
         session.note(f"removed a stale socket: {path}")
     return servers
-
-
-def _http_address(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--http {value}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    return host or "127.0.0.1", int(port)
 
 
 # --- cache -------------------------------------------------------------------------------
