@@ -247,7 +247,10 @@ class Backend:
 
     @property
     def dimensions(self) -> int:
-        return int(self.encoder.dimensions)
+        """Length of the model's vectors."""
+        model = self.encoder.model
+        get = getattr(model, "get_embedding_dimension", None)  # sentence-transformers >= 6
+        return int(get() if get else model.get_sentence_embedding_dimension())
 
     def _steps(
         self, texts: list[str], prompt: str, task: str | None

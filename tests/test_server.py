@@ -36,7 +36,7 @@ from conftest import ROOT, TINY_MAX_SEQ_LENGTH, assert_error
 
 from modernbert_cli import client, server
 from modernbert_cli import model as model_loading
-from modernbert_cli.cli import _MODEL_OPTIONS, DType, Quantize, Run
+from modernbert_cli.embedder import Embedder
 from modernbert_cli.encoder import Encoder
 from modernbert_cli.engine import EngineOptions
 from modernbert_cli.errors import ExitStatus, ModelError, UsageError
@@ -51,10 +51,9 @@ TEXTS = [
 LONG_TEXT = " ".join(["volcano"] * 300)  # beyond the tiny model's 128 tokens
 
 
-def make_run(model: str, **options: object) -> Run:
-    """The options a command gets for ``-m MODEL --device cpu`` plus ``options``."""
-    defaults = {p.name: p.default for p in _MODEL_OPTIONS}
-    return Run(**{**defaults, "model": model, "device": "cpu", **options})
+def make_run(model: str, **options: object) -> Embedder:
+    """What a command runs for ``-m MODEL --device cpu`` plus ``options``."""
+    return Embedder(model, **{"device": "cpu", **options})
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -230,8 +229,8 @@ def test_the_key_follows_the_settings_that_change_vectors(tiny_model):
     for change in (
         {"max_seq_length": 16},
         {"trust_remote_code": True},
-        {"dtype": DType.float16},
-        {"quantize": Quantize.int8},
+        {"dtype": "float16"},
+        {"quantize": "int8"},
     ):
         assert make_run(tiny_model, **change).server_key() != base
     assert make_run("minilm").server_key() != base
@@ -1034,12 +1033,10 @@ def test_new_weights_under_a_warm_server_are_never_answered_with_the_old(
     shutil.copytree(tiny_model, folder)
     other = build_modernbert(tmp_path / "other", max_seq_length=TINY_MAX_SEQ_LENGTH, seed=1)
     run = make_run(str(folder))
-    loaded_here = model_loading.load(run.spec)
+    loaded_here = model_loading.load(model_loading.ModelSpec(str(folder), device="cpu"))
     encoder = Encoder(loaded_here, model_loading.canonical_name(str(folder)), ["cpu"])
-    running = start_server(
-        run.server_key(), path=client.socket_path(run.server_key()), encoder=encoder
-    )
-    assert running.backend.fingerprint is None or running.backend.fingerprint
+    key = run.server_key()
+    running = start_server(key, path=client.socket_path(key), encoder=encoder)
 
     args = ["embed", *TEXTS, "-m", str(folder), "--device", "cpu", "-f", "jsonl"]
     old = cli(*args, "--no-cache")
@@ -1110,12 +1107,12 @@ def test_one_server_per_key_and_a_paused_one_is_left_alone(
     assert_error(result, ExitStatus.USAGE, "already runs", f"127.0.0.1:{port}")
 
     monkeypatch.setenv("COLUMNS", "400")
-    row = next(line for line in cli("serve", "--status").stdout.splitlines() if str(path) in line)
+    row = next(line for line in cli("serve", "status").stdout.splitlines() if str(path) in line)
     assert f"http://127.0.0.1:{port}" in row and "running" in row
 
     os.kill(info["pid"], signal.SIGSTOP)
     try:
-        status = cli("serve", "--status")
+        status = cli("serve", "status")
         assert status.code == 0, status.stderr
         row = next(line for line in status.stdout.splitlines() if str(path) in line)
         assert "not answering" in row and str(info["pid"]) in row
@@ -1128,7 +1125,7 @@ def test_one_server_per_key_and_a_paused_one_is_left_alone(
         assert "did not answer" in result.stderr and "in-process" in result.stderr
         assert path.exists()
     finally:
-        stopped = cli("serve", "--stop", *model)  # a paused server is stopped too
+        stopped = cli("serve", "stop", "-m", tiny_model)  # a paused server is stopped too
     assert stopped.code == 0, stopped.stderr
     wait_for(lambda: not pid_alive(info["pid"]), 30, "the paused server to exit")
     assert not path.exists() and not lock.exists()
