@@ -1092,7 +1092,7 @@ def test_one_server_per_key_and_a_paused_one_is_left_alone(
         for _ in range(2)
     ]
     results = [(starter.wait(300), starter.communicate()[1].decode()) for starter in starters]
-    path, lock = client.socket_path(key), client.lock_path(key)
+    path = client.socket_path(key)
     info = client.ServerClient(path, key).info()
     detached.append(info["pid"])
     assert sorted(code for code, _ in results) == [0, ExitStatus.USAGE], results
@@ -1110,6 +1110,7 @@ def test_one_server_per_key_and_a_paused_one_is_left_alone(
     row = next(line for line in cli("serve", "status").stdout.splitlines() if str(path) in line)
     assert f"http://127.0.0.1:{port}" in row and "running" in row
 
+    lock = client.lock_path(key)
     os.kill(info["pid"], signal.SIGSTOP)
     try:
         status = cli("serve", "status")
