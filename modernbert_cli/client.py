@@ -39,12 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Requests larger than this are refused by the server (and never sent by clients).
-MAX_MESSAGE_BYTES = 64 << 20
-# Texts per request and characters per text a server takes (OpenAI's own cap is 2,048
-# inputs); the client splits larger jobs into several requests.
+# Messages larger than this are refused (and never sent by clients).
+MAX_MESSAGE_BYTES = 256 << 20
+# Texts per request (OpenAI's own cap) and characters per text a server takes; a client
+# sends larger jobs as several requests. A model reads a few thousand tokens of a text,
+# so a text this long is rare (a command embeds one longer than this in-process).
 MAX_INPUTS = 2048
-MAX_INPUT_CHARS = 1 << 20
+MAX_INPUT_CHARS = 16 << 20
 # JSON with ensure_ascii writes at most 12 bytes per character (a surrogate pair).
 _MAX_REQUEST_CHARS = (MAX_MESSAGE_BYTES - (1 << 20)) // 12
 CONNECT_TIMEOUT_S = 2.0

@@ -118,7 +118,8 @@ def exposure_warning(address: tuple[str, int], api_key: str | None) -> str | Non
     if loopback:
         return None
     return (
-        f"--http {host}:{address[1]} is reachable from other machines and has no API key: "
+        f"--http {http_url(address).removeprefix('http://')} is reachable from other "
+        "machines and has no API key: "
         f"anyone who can reach it can use it (set --api-key or {API_KEY_ENV})"
     )
 
@@ -138,13 +139,11 @@ class ApiError(Exception):
         kind: str = "invalid_request_error",
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = (
-            status,
-            message,
-            param,
-            code,
-            kind,
-        )
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.kind = kind
 
     def body(self) -> dict[str, Any]:
         return {
@@ -203,9 +202,11 @@ def parse_embeddings_request(body: Any, backend: Backend) -> EmbeddingsRequest:
     if not all(isinstance(item, str) for item in texts):
         raise ApiError(400, "'input' must be a string or an array of strings.", "input")
     try:
-        backend.check_size(texts, "input")
+        backend.check_texts(texts, "input")
     except TooLarge as error:
         raise ApiError(413, f"Request too large: {error}.", "input", "request_too_large") from None
+    except ValueError as error:
+        raise ApiError(400, f"{error}.", "input") from None
     encoding = body.get("encoding_format")
     if encoding not in (None, "float", "base64"):
         raise ApiError(400, "'encoding_format' must be 'float' or 'base64'.", "encoding_format")

@@ -216,9 +216,10 @@ class Backend:
             raise ValueError("'prompt' must be a string or null")
         if task not in (None, "query", "document"):
             raise ValueError("'task' must be null, 'query' or 'document'")
-        self.check_size(texts, "texts")
+        self.check_texts(texts, "texts")
 
-    def check_size(self, texts: list[str], param: str) -> None:
+    def check_texts(self, texts: list[str], param: str) -> None:
+        """Refuse texts over the limits (TooLarge) or not valid Unicode (ValueError)."""
         limits = self.limits
         if len(texts) > limits.max_inputs:
             raise TooLarge(
@@ -233,6 +234,14 @@ class Backend:
                     f"{limits.max_input_chars:,} per input",
                     param,
                 )
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:  # a lone surrogate, e.g. from "\ud800"
+                    raise ValueError(
+                        f"input {index} is not valid Unicode text: it holds a lone surrogate "
+                        f"(U+{ord(text[error.start]):04X})"
+                    ) from None
 
     def embed(
         self,
@@ -339,8 +348,16 @@ def peer_gone(sock: socket.socket) -> bool:
         return True
 
 
-def handle(backend: Backend, message: dict[str, Any], stop: Callable[[], None], gone=None) -> dict:
-    """One request to one reply; every failure is an error reply, never a crash."""
+def handle(
+    backend: Backend,
+    message: dict[str, Any],
+    stop: Callable[[], None],
+    gone: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
+    """One request to one reply; every failure is an error reply, never a crash.
+
+    ``gone``: whether the client has hung up (its remaining work is then dropped).
+    """
     backend.touch()
     op = message.get("op")
     try:
@@ -351,7 +368,7 @@ def handle(backend: Backend, message: dict[str, Any], stop: Callable[[], None], 
                 message.get("texts"),
                 message.get("prompt"),
                 message.get("task"),
-                gone or (lambda: False),
+                gone,
             )
             return {"ok": True, **pack_vectors(done.vectors), "truncated": done.truncated.tolist()}
         if op == "stop":

@@ -821,6 +821,7 @@ def test_requests_over_the_limits_are_refused_and_the_client_splits_its_own(
     assert "at most 3" in refused(running.path, {"op": "embed", "texts": ["a"] * 4})
     error = refused(running.path, {"op": "embed", "texts": ["a", "b" * 51]})
     assert "input 1 has 51 characters" in error and "at most 50" in error
+    assert "lone surrogate" in refused(running.path, {"op": "embed", "texts": ["\ud800"]})
 
     # HTTP: 413 in OpenAI's shape.
     for payload, words in (
@@ -919,6 +920,7 @@ def test_http_routes_methods_and_errors_are_openai_shaped(start_server, tiny_mod
         {"input": "a", "encoding_format": "int8"},
         {"input": "a", "dimensions": "8"},
         {"input": "a", "dimensions": 0},
+        {"input": ["a", "\ud800"]},  # a lone surrogate: no text
     )
     for payload in bad:
         status, answer = http_call(port, "POST", "/v1/embeddings", json.dumps(payload).encode())
