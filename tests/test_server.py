@@ -339,10 +339,11 @@ def test_status_removes_a_stale_socket(cli, key):
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     leftover.bind(str(path))
     leftover.close()
-    result = cli("serve", "--status")
+    result = cli("serve", "--status")  # the flag of 1.0 still works, with a note
     assert result.code == 0, result.stderr
     assert "none running" in result.stdout
     assert "removed a stale socket" in result.stderr
+    assert "'serve --status' is deprecated: use 'serve status'" in result.stderr
     assert not path.exists()
 
 
@@ -680,7 +681,7 @@ def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, deta
     assert path.parent.stat().st_mode & 0o777 == 0o700
 
     monkeypatch.setenv("COLUMNS", "400")  # room for the whole socket path
-    status = cli("serve", "--status")
+    status = cli("serve", "status")
     assert status.code == 0, status.stderr
     row = next(line for line in status.stdout.splitlines() if str(path) in line)
     assert str(info["pid"]) in row.split()
@@ -704,12 +705,12 @@ def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, deta
     assert "\n".join(lines[:-1]) + "\n" == alone.stdout
     assert client.ServerClient(path, key).info()["requests"] > info["requests"]
 
-    stopped = cli("serve", "--stop", *model)
+    stopped = cli("serve", "stop", "-m", tiny_model)
     assert stopped.code == 0, stopped.stderr
     assert "stopped" in stopped.stderr
     assert not path.exists()  # gone as soon as --stop returns
     wait_for(lambda: not pid_alive(info["pid"]), 15, "the stopped server to exit")
-    assert "none running" in cli("serve", "--status").stdout
+    assert "none running" in cli("serve", "status").stdout
 
 
 def test_detached_server_exits_when_idle(cli, tiny_model, detached):
