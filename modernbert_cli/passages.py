@@ -29,10 +29,11 @@ from typing import Any, BinaryIO
 
 from modernbert_cli import walk as walking
 from modernbert_cli.errors import InputError, ModelError, UsageError
+from modernbert_cli.inputs import STDIN, STDIN_NAME
 
 # The default passage size and overlap, in tokens (the size never above the model's
 # limit); chosen by benchmarks/passages.py: see the README's figures.
-DEFAULT_PASSAGE_TOKENS = 256
+DEFAULT_PASSAGE_TOKENS = 128
 DEFAULT_OVERLAP = 32
 # Below this a passage holds a phrase, not a passage; it is a typo or a misunderstanding.
 MIN_PASSAGE_TOKENS = 16
@@ -190,22 +191,94 @@ def text_budget(
     return max(1, min(passage_tokens, limit - reserve))
 
 
+@dataclass(frozen=True)
+class Splitter:
+    """How one model's passages are cut: its tokenizer, a passage's text budget, the overlap.
+
+    >>> splitter = Splitter.for_embedder(Embedder("minilm"))  # doctest: +SKIP
+    >>> next(splitter.passages(["sample_inputs/notes"])).source  # doctest: +SKIP
+    'sample_inputs/notes/bees.md:1-11'
+    """
+
+    tokens: Tokens
+    size: int  # tokens of text per passage, the model's special tokens and prompt left out
+    overlap: int
+
+    @classmethod
+    def for_embedder(
+        cls,
+        embedder: Any,
+        passage_tokens: int | None = None,
+        overlap: int | None = None,
+        prompt: str = "",
+    ) -> Splitter:
+        """Sizes checked against ``embedder``'s token limit (read from its files: no torch,
+        unless a hub model must be downloaded first); ``prompt`` is put before each text."""
+        limit = embedder.max_seq_length or None
+        passage_tokens, overlap = check_sizes(passage_tokens, overlap, limit)
+        files = embedder.encoder.files
+        if files is None or files.directory is None:  # a hub model not downloaded yet
+            embedder.load()
+            from modernbert_cli.model import ModelFiles
+
+            files = ModelFiles.find(embedder.settings.model)
+        if files.directory is None:
+            raise ModelError(f"model '{embedder.name}': its files cannot be found")
+        tokens = Tokens.for_model(files.directory)
+        return cls(tokens, text_budget(passage_tokens, limit, tokens, prompt), overlap)
+
+    def passages(
+        self,
+        names: Iterable[str | Path],
+        on_skip: walking.OnSkip | None = None,
+        stdin: Any = None,
+    ) -> Iterator[Passage]:
+        """The passages of the files and folders named (see :func:`iter_passages`)."""
+        return iter_passages(names, self.tokens, self.size, self.overlap, on_skip, stdin)
+
+
+def check_names(names: Iterable[str | Path]) -> None:
+    """Every file or folder named exists, and every file named is UTF-8 text: the errors
+    :func:`iter_passages` would meet, found now, before any model loads (``-`` is stdin)."""
+    for name in names:
+        path = Path(name)
+        if str(name) == STDIN or path.is_dir():
+            continue
+        try:
+            stream = path.open("rb")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file (nor folder)") from None
+        except OSError as error:
+            raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+        with stream:
+            for _ in read_lines(stream, str(path), strict=True):
+                pass
+
+
 def iter_passages(
     names: Iterable[str | Path],
     tokens: Tokens,
     size: int,
     overlap: int = 0,
     on_skip: walking.OnSkip | None = None,
+    stdin: Any = None,
 ) -> Iterator[Passage]:
     """The passages of each file named, and of each text file under each folder named.
 
     A named file must be UTF-8 text (an error names the line otherwise); files found in a
     folder are filtered as :func:`modernbert_cli.walk.walk` says, and skips reported.
+    ``-`` names standard input (``stdin``, an :class:`~modernbert_cli.inputs.Stdin`).
     """
     skip = on_skip or (lambda skipped: None)
     for name in names:
         path = Path(name)
-        if path.is_dir():
+        if str(name) == STDIN:
+            if stdin is None:
+                raise InputError(f"{STDIN_NAME}: there is no standard input to read")
+            with stdin.open("--passages") as stream:
+                lines = read_lines(stream, STDIN_NAME, strict=True)
+                yield from split_lines(lines, tokens, size, overlap, STDIN_NAME)
+        elif path.is_dir():
             for file in walking.walk(path, skip):
                 yield from _file_passages(file, tokens, size, overlap, skip, strict=False)
         else:
