@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
 import random
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLES, assert_error, forbid_model_loading
 
 from modernbert_cli.errors import InputError, ModelError, UsageError
 from modernbert_cli.passages import (
@@ -27,7 +30,6 @@ from modernbert_cli.passages import (
     text_budget,
 )
 from modernbert_cli.walk import BINARY, EMPTY, HIDDEN, IGNORED, NOT_UTF8, SYMLINK, walk
-from tests.conftest import SAMPLES
 
 WORDS = Tokens.words()
 
@@ -541,3 +543,249 @@ def test_paths_keep_the_form_they_were_given(tmp_path: Path, monkeypatch: pytest
     _tree(tmp_path, {"notes/a.txt": "a"})
     monkeypatch.chdir(tmp_path)
     assert [str(p) for p in walk(Path("notes"))] == [os.path.join("notes", "a.txt")]
+
+
+# The command line: --passages, --per-document, --format grep ---------------------
+
+
+def records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+FILLER = [
+    "Quarterly figures were reviewed by the finance team and filed with the auditors.",
+    "The meeting moved to the second floor because the projector in room four broke.",
+    "Remember to water the office plants on Fridays before leaving for the weekend.",
+    "A new coffee machine arrived and the instructions were only in Italian.",
+    "Parking permits must be renewed online before the end of each month.",
+]
+
+
+def long_document(lines: int, needle: str, at: int) -> str:
+    """``lines`` lines of office chatter with ``needle`` on line ``at`` (1-based)."""
+    body = [FILLER[i % len(FILLER)] for i in range(lines)]
+    body[at - 1] = needle
+    return "\n".join(body) + "\n"
+
+
+NEEDLE = "The lighthouse keeper's cat is called Biscuit and sleeps on the lamp-room stairs."
+
+
+def test_similar_finds_a_needle_deep_in_a_long_file_at_its_lines(cli, tmp_path: Path):
+    doc = tmp_path / "log.txt"
+    doc.write_text(long_document(400, NEEDLE, 313))
+    result = cli(
+        "similar", "what is the lighthouse cat called?", "--passages", "-i", str(doc),
+        "-m", "minilm", "-k", "3", "-f", "jsonl",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    best = records(result.stdout)[0]
+    assert "Biscuit" in best["text"]
+    start, end = best["lines"]
+    assert start <= 313 <= end
+    assert best["path"] == str(doc)
+    assert best["source"] == f"{doc}:{start}-{end}"
+    assert "truncated" not in result.stderr  # every passage fits the model
+
+
+def test_documents_without_passages_cannot_see_past_the_limit(cli, tmp_path: Path):
+    """The reason for --passages: whole documents are cut at the model's limit."""
+    (tmp_path / "log.txt").write_text(long_document(400, NEEDLE, 313))
+    (tmp_path / "other.txt").write_text("Cats often sleep in warm places like stairs.\n")
+    result = cli(
+        "similar", "what is the lighthouse cat called?", "--documents", "-i", str(tmp_path),
+        "-m", "minilm", "-f", "jsonl",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert records(result.stdout)[0]["source"].endswith("other.txt")
+    assert "truncated" in result.stderr
+
+
+def test_per_document_keeps_each_files_best_passage(cli, tmp_path: Path, tiny_model: str):
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.txt").write_text(long_document(60, f"Needle of {name}.", 30))
+    args = ("similar", "needle", "--passages", "-i", str(tmp_path), "-m", tiny_model, "-f", "jsonl")
+    every = records(cli(*args, "-k", "50").stdout)
+    assert len({r["path"] for r in every}) == 3 and len(every) > 3
+    result = cli(*args, "-k", "50", "--per-document")
+    assert result.code == 0, result.stderr
+    best = records(result.stdout)
+    assert sorted(r["path"] for r in best) == sorted(str(tmp_path / f"{n}.txt") for n in "abc")
+    # Each file's row is its best passage: the first of that file in the full ranking.
+    for row in best:
+        first = next(r for r in every if r["path"] == row["path"])
+        assert (row["lines"], row["score"]) == (first["lines"], first["score"])
+    assert [r["rank"] for r in best] == [1, 2, 3]
+    assert len(records(cli(*args, "-k", "2", "--per-document").stdout)) == 2
+
+
+def test_grep_format_is_path_line_text(cli, tmp_path: Path, tiny_model: str):
+    doc = tmp_path / "notes.md"
+    doc.write_text(long_document(80, NEEDLE, 50))
+    result = cli(
+        "similar", "cat", "--passages", "-i", str(doc), "-m", tiny_model, "-k", "4",
+        "--format", "grep", "--passage-tokens", "32",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        path, number, text = line.split(":", 2)
+        assert path == str(doc)
+        assert 1 <= int(number) <= 80
+        assert text.startswith(" ") and text.strip() and "\n" not in text
+
+
+def test_grep_format_works_for_plain_lines_too(cli, tiny_model: str):
+    result = cli(
+        "similar", "volcano", "-i", str(SAMPLES / "corpus.txt"), "-m", tiny_model, "-k", "2",
+        "-f", "grep",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    for line in result.stdout.splitlines():
+        assert re.match(rf"{re.escape(str(SAMPLES / 'corpus.txt'))}:\d+: \S", line), line
+
+
+def test_embed_passages_records_carry_their_place(cli, tmp_path: Path, tiny_model: str):
+    doc = tmp_path / "long.txt"
+    doc.write_text(long_document(100, NEEDLE, 10))
+    result = cli("embed", "--passages", "-i", str(doc), "-m", tiny_model, "-f", "jsonl")
+    assert result.code == 0, result.stderr
+    rows = records(result.stdout)
+    assert len(rows) > 5
+    assert rows[0]["lines"][0] == 1 and rows[-1]["lines"][1] == 100
+    for row in rows:
+        assert row["path"] == str(doc)
+        assert row["source"] == f"{doc}:{row['lines'][0]}-{row['lines'][1]}"
+    assert "truncated" not in result.stderr
+
+
+def test_table_shows_the_file_name_and_lines_of_a_long_path(cli, tmp_path: Path, tiny_model):
+    deep = tmp_path / "a-very-long-folder-name" / "and-another-one-below-it" / "notes.md"
+    deep.parent.mkdir(parents=True)
+    deep.write_text("Volcanoes erupt.\nLava flows.\n")
+    result = cli("similar", "lava", "--passages", "-i", str(deep), "-m", tiny_model, "-f", "table")
+    assert result.code == 0, result.stderr
+    assert "…" in result.stdout and "notes.md:1-2" in result.stdout
+
+
+def test_passages_from_stdin(cli, tiny_model: str):
+    result = cli(
+        "similar", "lava", "--passages", "-m", tiny_model, "-f", "jsonl",
+        input="Volcanoes erupt.\r\nLava flows.\r\n",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    (row,) = records(result.stdout)
+    assert (row["source"], row["text"]) == ("<stdin>:1-2", "Volcanoes erupt.\nLava flows.")
+
+
+def test_folder_search_honours_gitignore_and_names_skips_with_verbose(cli, tmp_path, tiny_model):
+    _tree(tmp_path, {".gitignore": "secret/\n", "a.md": "lava", "secret/b.md": "lava"})
+    _git(tmp_path, "init", "-q")
+    args = ("similar", "lava", "--passages", "-i", str(tmp_path), "-m", tiny_model, "-f", "jsonl")
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert [r["path"] for r in records(result.stdout)] == [str(tmp_path / "a.md")]
+    assert "skipped 3 file(s) or folder(s): 2 hidden, 1 ignored by .gitignore" in result.stderr
+    verbose = cli(*args, "-v")
+    assert f"skipped {tmp_path / 'secret'}/: ignored by .gitignore" in verbose.stderr
+
+
+def test_a_rerun_over_an_unchanged_folder_loads_no_model(cli, tmp_path, tiny_model, monkeypatch):
+    (tmp_path / "long.txt").write_text(long_document(200, NEEDLE, 150))
+    args = ("--passages", "-i", str(tmp_path), "-m", tiny_model, "-f", "jsonl")
+    first = cli("similar", "the cat", *args)
+    assert first.code == 0, first.stderr
+    forbid_model_loading(monkeypatch)
+    again = cli("similar", "the cat", *args)
+    assert (again.code, again.stdout) == (0, first.stdout)
+
+
+def test_an_edited_file_re_embeds_only_its_changed_passages(cli, tmp_path, tiny_model, monkeypatch):
+    from modernbert_cli import engine
+
+    doc = tmp_path / "long.txt"
+    rng = random.Random(1)
+    lines = [f"Line {i}: " + " ".join(rng.choices(FILLER, k=rng.randint(0, 2))) for i in range(300)]
+    doc.write_text("\n".join(lines) + "\n")
+    args = ("embed", "--passages", "-i", str(doc), "-m", tiny_model, "-f", "jsonl")
+    before = records(cli(*args).stdout)
+    # A line added at the top: later cuts shift, but line-aligned packing falls back
+    # into step within a passage or two.
+    doc.write_text("A new first line.\n" + "\n".join(lines) + "\n")
+    calls: list[list[str]] = []
+    original = engine.Engine.encode
+    monkeypatch.setattr(
+        engine.Engine,
+        "encode",
+        lambda self, texts, **kw: calls.append(list(texts)) or original(self, texts, **kw),
+    )
+    after = records(cli(*args).stdout)
+    embedded = [text for call in calls for text in call]
+    changed = [r["text"] for r in after if r["text"] not in {b["text"] for b in before}]
+    assert embedded and sorted(embedded) == sorted(changed)
+    assert len(embedded) <= 3 < len(after)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (("--passage-tokens", "512"), ("--passage-tokens 512", "limit of 128")),
+        (("--passage-tokens", "8"), ("--passage-tokens 8",)),
+        (("--passage-tokens", "64", "--overlap", "64"), ("--overlap 64",)),
+    ],
+)
+def test_bad_sizes_stop_before_the_model_loads(cli, no_model, tiny_model, args, fragments):
+    result = cli(
+        "similar", "q", "--passages", "-i", str(SAMPLES / "notes"), "-m", tiny_model, *args
+    )
+    assert_error(result, 2, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--overlap", "8"), "--overlap needs --passages"),
+        (("--per-document",), "--per-document needs --passages"),
+        (("--passages", "--field", "x"), "--field and --column do not apply"),
+        (("--passages", "--embeddings", "x.jsonl"), "exclude each other"),
+    ],
+)
+def test_passage_options_that_make_no_sense(cli, no_model, tiny_model, args, fragment):
+    result = cli("similar", "q", "-i", str(SAMPLES / "notes"), "-m", tiny_model, *args)
+    assert_error(result, 2, fragment)
+
+
+def test_input_errors_come_before_the_model(cli, no_model, tiny_model, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\n")
+    assert_error(cli("embed", "--passages", "-i", str(bad), "-m", tiny_model), 3, "bad.txt:2")
+    missing = str(tmp_path / "missing")
+    assert_error(cli("embed", "--passages", "-i", missing, "-m", tiny_model), 3, "no such file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("\n\n")
+    result = cli("similar", "q", "--passages", "-i", str(empty), "-m", tiny_model)
+    assert result.code == 3 and "no passages" in result.stderr, result.stderr
+
+
+def test_distinct_top_k_does_not_depend_on_chunking():
+    import numpy as np
+
+    from modernbert_cli.scoring import TopK
+
+    rng = np.random.default_rng(0)
+    queries, corpus = rng.standard_normal((3, 8)), rng.standard_normal((40, 8))
+    items = [Passage(f"f{i % 7}", i, i, str(i)) for i in range(40)]
+
+    def ranked(chunk: int) -> list[list[tuple[int, float]]]:
+        best = TopK(3, "cosine", k=5, distinct=lambda p: p.path)
+        for start in range(0, 40, chunk):
+            best.add(queries, corpus[start : start + chunk], items[start : start + chunk])
+        return [[(h.index, h.score) for h in hits] for hits in best.results()]
+
+    whole = ranked(40)
+    assert ranked(1) == ranked(7) == whole
+    for hits in whole:
+        assert len({items[i].path for i, _ in hits}) == len(hits) == 5
+        assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
