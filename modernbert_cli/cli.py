@@ -32,7 +32,16 @@ from modernbert_cli.errors import (
     StdoutClosed,
     UsageError,
 )
-from modernbert_cli.inputs import InputSpec, Stdin, Text, iter_texts, read_file, read_texts, scan
+from modernbert_cli.inputs import (
+    MAX_LINE_BYTES,
+    InputSpec,
+    Stdin,
+    iter_texts,
+    query_text,
+    read_file,
+    read_texts,
+    scan,
+)
 from modernbert_cli.settings import OPTIONS, Metric, Precision, Settings, flag
 
 if TYPE_CHECKING:
@@ -213,6 +222,18 @@ DocumentsOpt = Annotated[
         "--documents",
         help="Each file is one text (not one per line); a folder means every text file under it.",
         rich_help_panel=_INPUT,
+    ),
+]
+MaxLineOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-line-bytes",
+        min=1,
+        metavar="BYTES",
+        help="Longest line or JSON record to read; a longer one is an error (a guard against "
+        "binary or endless input) \\[default: 64 MiB].",
+        rich_help_panel=_INPUT,
+        show_default=False,
     ),
 ]
 PassagesOpt = Annotated[
@@ -402,6 +423,7 @@ def _input_spec(
     field: str | None,
     column: str | None,
     documents: bool,
+    max_line_bytes: int,
 ) -> InputSpec:
     return InputSpec(
         texts=tuple(texts),
@@ -409,6 +431,7 @@ def _input_spec(
         field=field,
         column=column,
         documents=documents,
+        max_line_bytes=max_line_bytes,
     )
 
 
@@ -442,7 +465,7 @@ def _passage_corpus(
     plain = InputSpec(texts=[text for text in spec.texts if text != "-"])
     if not names and not plain.texts and session.stdin.piped:
         names = ["-"]
-    passages.check_names(names)
+    passages.check_names(names, spec.max_line_bytes)
     skipped: dict[str, int] = {}
 
     def skip(what: Any) -> None:
@@ -451,7 +474,8 @@ def _passage_corpus(
             session.note(f"skipped {what}")
 
     items = itertools.chain(
-        iter_texts(plain, stdin_if_piped=False), splitter.passages(names, skip, session.stdin)
+        iter_texts(plain),
+        splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
     )
     first = next(items, None)
     if first is None:
@@ -504,6 +528,7 @@ def embed(
     field: FieldOpt = None,
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
+    max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
     as_passages: PassagesOpt = False,
     passage_tokens: PassageTokensOpt = None,
     overlap: OverlapOpt = None,
@@ -564,7 +589,7 @@ def embed(
     fmt = render.choose_format(
         fmt, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
     )
-    spec = _input_spec(texts or (), inputs, field, column, documents)
+    spec = _input_spec(texts or (), inputs, field, column, documents, max_line_bytes)
     split = PassageOptions(as_passages, passage_tokens, overlap, verbose)
     split.check(spec)
     found, skipped = None, {}
@@ -585,7 +610,7 @@ def embed(
             prompt = embedder.prompt_text(**options)
             items, skipped = _passage_corpus(session, embedder, spec, split, prompt)
         else:
-            items = iter_texts(spec, session.stdin)
+            items = found
         # Read, embed and write a chunk at a time: memory stays flat however long the input.
         with (
             render.open_output(output, binary=fmt == "npy") as stream,
@@ -630,6 +655,7 @@ def similar(
     field: FieldOpt = None,
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
+    max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
     as_passages: PassagesOpt = False,
     passage_tokens: PassageTokensOpt = None,
     overlap: OverlapOpt = None,
@@ -692,16 +718,19 @@ def similar(
     )
     corpus_args = [query, *(texts or ())] if query is not None else []
     if queries is not None:
-        query_texts = read_file(queries, InputSpec(field=field, column=column), session.stdin)
+        query_texts = read_file(
+            queries,
+            InputSpec(field=field, column=column, max_line_bytes=max_line_bytes),
+            session.stdin,
+            option="--queries",
+        )
     elif query is None:
         raise UsageError("missing QUERY: give a query, or many with --queries FILE")
-    elif not query.strip():
-        raise UsageError("QUERY is empty")
     else:
-        query_texts = [Text(query, "<query>")]
+        query_texts = [query_text(query)]
         corpus_args = corpus_args[1:]
 
-    spec = _input_spec(corpus_args, inputs, field, column, documents)
+    spec = _input_spec(corpus_args, inputs, field, column, documents, max_line_bytes)
     split = PassageOptions(as_passages, passage_tokens, overlap, verbose)
     split.check(spec)
     if per_document and not split.on:
@@ -729,7 +758,7 @@ def similar(
             prompt = embedder.prompt_text(role="document")
             corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt)
         else:
-            corpus = iter_texts(spec, session.stdin)
+            corpus = found
         with session.progress(embedder, total if corpus_size else 0):
             try:
                 results = embedder.similar_many(
@@ -795,6 +824,7 @@ def matrix(
     field: FieldOpt = None,
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
+    max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
     against: Annotated[
         str | None,
         typer.Option(
@@ -831,13 +861,15 @@ def matrix(
         "tsv" if pairwise else "csv",
         session.stdout_is_terminal,
     )
-    spec = _input_spec(texts or (), inputs, field, column, documents)
+    spec = _input_spec(texts or (), inputs, field, column, documents, max_line_bytes)
     if pairwise and against is None:
         rows, columns = read_pairs(spec, session.stdin)
     else:
         rows = read_texts(spec, session.stdin).texts
-        other = InputSpec(field=field, column=column, documents=documents)
-        columns = read_file(against, other, session.stdin) if against else None
+        other = InputSpec(
+            field=field, column=column, documents=documents, max_line_bytes=max_line_bytes
+        )
+        columns = read_file(against, other, session.stdin, option="--against") if against else None
     if pairwise and len(rows) != len(columns):
         raise UsageError(
             f"--pairwise needs as many inputs as --against texts: {len(rows)} vs {len(columns)}"
@@ -1164,7 +1196,7 @@ def _message(error: CliError) -> str:
     """The core words an error by its settings' names; here, by the options' flags."""
     if isinstance(error, SettingError):
         where = flag(error.setting) + (f" {error.value}" if error.has_value else "")
-        return f"{where}: {error.reason}"
+        return f"{where}: {error.worded(flag)}"
     return str(error)
 
 

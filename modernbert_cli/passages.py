@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 from modernbert_cli import walk as walking
 from modernbert_cli.errors import InputError, ModelError, UsageError
-from modernbert_cli.inputs import STDIN, STDIN_NAME
+from modernbert_cli.inputs import MAX_LINE_BYTES, STDIN, STDIN_NAME, Claim, InputSpec
 
 # The default passage size and overlap, in tokens (the size never above the model's
 # limit); chosen by benchmarks/passages.py: see the README's figures.
@@ -232,12 +232,15 @@ class Splitter:
         names: Iterable[str | Path],
         on_skip: walking.OnSkip | None = None,
         stdin: Any = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> Iterator[Passage]:
         """The passages of the files and folders named (see :func:`iter_passages`)."""
-        return iter_passages(names, self.tokens, self.size, self.overlap, on_skip, stdin)
+        return iter_passages(
+            names, self.tokens, self.size, self.overlap, on_skip, stdin, max_line_bytes
+        )
 
 
-def check_names(names: Iterable[str | Path]) -> None:
+def check_names(names: Iterable[str | Path], max_line_bytes: int = MAX_LINE_BYTES) -> None:
     """Every file or folder named exists, and every file named is UTF-8 text: the errors
     :func:`iter_passages` would meet, found now, before any model loads (``-`` is stdin)."""
     for name in names:
@@ -251,7 +254,7 @@ def check_names(names: Iterable[str | Path]) -> None:
         except OSError as error:
             raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
         with stream:
-            for _ in read_lines(stream, str(path), strict=True):
+            for _ in read_lines(stream, str(path), strict=True, max_line_bytes=max_line_bytes):
                 pass
 
 
@@ -262,31 +265,42 @@ def iter_passages(
     overlap: int = 0,
     on_skip: walking.OnSkip | None = None,
     stdin: Any = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[Passage]:
     """The passages of each file named, and of each text file under each folder named.
 
     A named file must be UTF-8 text (an error names the line otherwise); files found in a
     folder are filtered as :func:`modernbert_cli.walk.walk` says, and skips reported.
-    ``-`` names standard input (``stdin``, an :class:`~modernbert_cli.inputs.Stdin`).
+    ``-`` names standard input (``stdin``, an :class:`~modernbert_cli.inputs.Stdin`). A
+    line over ``max_line_bytes`` is an error (a guard against endless input).
     """
     skip = on_skip or (lambda skipped: None)
-    for name in names:
+    sizes = (tokens, size, overlap, skip, max_line_bytes)
+    for position, name in enumerate(names):
         path = Path(name)
         if str(name) == STDIN:
             if stdin is None:
                 raise InputError(f"{STDIN_NAME}: there is no standard input to read")
-            with stdin.open("--passages") as stream:
-                lines = read_lines(stream, STDIN_NAME, strict=True)
+            claim = Claim(f"-i {STDIN}", position)
+            with stdin.open(claim, InputSpec(max_line_bytes=max_line_bytes)) as stream:
+                lines = read_lines(stream, STDIN_NAME, max_line_bytes=max_line_bytes)
                 yield from split_lines(lines, tokens, size, overlap, STDIN_NAME)
         elif path.is_dir():
             for file in walking.walk(path, skip):
-                yield from _file_passages(file, tokens, size, overlap, skip, strict=False)
+                yield from _file_passages(file, *sizes, strict=False)
         else:
-            yield from _file_passages(path, tokens, size, overlap, skip, strict=True)
+            yield from _file_passages(path, *sizes, strict=True)
 
 
 def _file_passages(
-    path: Path, tokens: Tokens, size: int, overlap: int, skip: walking.OnSkip, *, strict: bool
+    path: Path,
+    tokens: Tokens,
+    size: int,
+    overlap: int,
+    skip: walking.OnSkip,
+    max_line_bytes: int,
+    *,
+    strict: bool,
 ) -> Iterator[Passage]:
     try:
         stream = path.open("rb")
@@ -299,7 +313,7 @@ def _file_passages(
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
     found = False
     with stream:
-        lines = read_lines(stream, str(path), strict=strict)
+        lines = read_lines(stream, str(path), strict=strict, max_line_bytes=max_line_bytes)
         for passage in split_lines(lines, tokens, size, overlap, str(path)):
             found = True
             yield passage
@@ -307,13 +321,21 @@ def _file_passages(
         skip(walking.Skipped(path, walking.EMPTY))
 
 
-def read_lines(stream: BinaryIO, name: str, *, strict: bool = True) -> Iterator[str]:
+def read_lines(
+    stream: BinaryIO, name: str, *, strict: bool = True, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[str]:
     """Decoded lines without their line end (LF or CRLF), a UTF-8 BOM dropped.
 
     ``strict``: a NUL byte or invalid UTF-8 is an InputError naming the line; else
     invalid bytes become U+FFFD (a folder's file whose start was found to be text).
+    A line over ``max_line_bytes`` is an InputError either way: it is never held whole.
     """
-    for number, raw in enumerate(stream, 1):
+    for number, raw in enumerate(iter(lambda: stream.readline(max_line_bytes + 1), b""), 1):
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            raise InputError(
+                f"{name}:{number}: a line longer than {max_line_bytes:,} bytes "
+                "(see --max-line-bytes)"
+            )
         if number == 1:
             raw = raw.removeprefix(codecs.BOM_UTF8)
         if strict:
