@@ -789,3 +789,12 @@ def test_distinct_top_k_does_not_depend_on_chunking():
     for hits in whole:
         assert len({items[i].path for i, _ in hits}) == len(hits) == 5
         assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+
+
+def test_a_line_over_max_line_bytes_is_an_error(cli, no_model, tiny_model, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("short\n" + "x" * 100 + "\nshort\n")
+    result = cli("embed", "--passages", "-i", str(doc), "--max-line-bytes", "50", "-m", tiny_model)
+    assert_error(result, 3, "doc.txt:2", "50 bytes", "--max-line-bytes")
+    with pytest.raises(InputError, match=r":2: a line longer than 50 bytes"):
+        list(iter_passages([tmp_path], WORDS, size=64, max_line_bytes=50))
