@@ -9,6 +9,7 @@ inside the core, never here, so ``--help``, ``--version`` and input errors answe
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import sys
 import time
@@ -21,12 +22,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 import typer
 from rich.console import Console
 
-from modernbert_cli import __version__, render
-from modernbert_cli.errors import CliError, ExitStatus, SettingError, StdoutClosed, UsageError
+from modernbert_cli import __version__, passages, render
+from modernbert_cli.errors import (
+    CliError,
+    ExitStatus,
+    InputError,
+    SettingError,
+    StdoutClosed,
+    UsageError,
+)
 from modernbert_cli.inputs import (
     MAX_LINE_BYTES,
     InputSpec,
     Stdin,
+    iter_texts,
     query_text,
     read_file,
     read_texts,
@@ -226,6 +235,42 @@ MaxLineOpt = Annotated[
         show_default=False,
     ),
 ]
+PassagesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--passages",
+        help="Split files and folders into passages that fit the model, each with its place "
+        "(PATH:START-END); folders honour .gitignore.",
+        rich_help_panel=_INPUT,
+    ),
+]
+PassageTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--passage-tokens",
+        metavar="N",
+        help=f"Tokens per passage \\[default: {passages.DEFAULT_PASSAGE_TOKENS}, at most the "
+        "model's limit].",
+        rich_help_panel=_INPUT,
+        show_default=False,
+    ),
+]
+OverlapOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--overlap",
+        metavar="N",
+        help=f"Tokens neighbouring passages share \\[default: {passages.DEFAULT_OVERLAP}].",
+        rich_help_panel=_INPUT,
+        show_default=False,
+    ),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Name every file a folder walk skips, and why (--passages)."
+    ),
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(
@@ -389,6 +434,58 @@ def _input_spec(
     )
 
 
+@dataclass(frozen=True)
+class PassageOptions:
+    """--passages and its sizes, as a command received them."""
+
+    on: bool = False
+    tokens: int | None = None
+    overlap: int | None = None
+    verbose: bool = False
+
+    def check(self, spec: InputSpec) -> None:
+        """Option errors, before anything is read."""
+        if not self.on:
+            if self.tokens is not None or self.overlap is not None:
+                given = "--passage-tokens" if self.tokens is not None else "--overlap"
+                raise UsageError(f"{given} needs --passages")
+            return
+        if spec.field is not None or spec.column is not None:
+            raise UsageError("--passages reads files as text: --field and --column do not apply")
+
+
+def _passage_corpus(
+    session: Session, embedder: Embedder, spec: InputSpec, options: PassageOptions, prompt: str
+) -> tuple[Iterator[Any], dict[str, int]]:
+    """Text arguments as they are, files and folders as passages: checked now (sizes, names,
+    an empty corpus), read as they are embedded. The skips are counted as the walk goes."""
+    splitter = passages.Splitter.for_embedder(embedder, options.tokens, options.overlap, prompt)
+    names = [*(text for text in spec.texts if text == "-"), *spec.files]
+    plain = InputSpec(texts=[text for text in spec.texts if text != "-"])
+    if not names and not plain.texts and session.stdin.piped:
+        names = ["-"]
+    passages.check_names(names, spec.max_line_bytes)
+    skipped: dict[str, int] = {}
+
+    def skip(what: Any) -> None:
+        skipped[what.reason] = skipped.get(what.reason, 0) + 1
+        if options.verbose:
+            session.note(f"skipped {what}")
+
+    items = itertools.chain(
+        iter_texts(plain),
+        splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
+    )
+    first = next(items, None)
+    if first is None:
+        session.report_skipped(skipped)
+        if not names and not plain.texts:
+            raise InputError("no input: give files or folders with -i, or pipe text on stdin")
+        note = f" ({sum(skipped.values())} file(s) skipped)" if skipped else ""
+        raise InputError(f"{', '.join(names)}: no passages: no text in any file{note}")
+    return itertools.chain([first], items), skipped
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"{PROG} {__version__}")
@@ -431,6 +528,9 @@ def embed(
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
     max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
+    as_passages: PassagesOpt = False,
+    passage_tokens: PassageTokensOpt = None,
+    overlap: OverlapOpt = None,
     fmt: _format_option(render.EMBED_FORMATS, "table on a terminal, jsonl when piped") = None,
     output: OutputOpt = None,
     normalize: Annotated[
@@ -479,6 +579,7 @@ def embed(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Embed texts: one vector per text, as a table, JSON lines, CSV/TSV or .npy."""
     from modernbert_cli.embedder import chunks
@@ -488,8 +589,12 @@ def embed(
         fmt, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
     )
     spec = _input_spec(texts or (), inputs, field, column, documents, max_line_bytes)
-    found = scan(spec, session.stdin)
-    session.report_skipped(found.skipped)
+    split = PassageOptions(as_passages, passage_tokens, overlap, verbose)
+    split.check(spec)
+    found, skipped = None, {}
+    if not split.on:  # passages are read as they are embedded, checked once the model is known
+        found = scan(spec, session.stdin)
+        session.report_skipped(found.skipped)
     options = {
         "normalize": normalize,
         "precision": precision,
@@ -497,18 +602,25 @@ def embed(
         "prompt": prompt,
         "prompt_name": prompt_name,
     }
-    with session.embedder(settings_of(ctx), found.count) as embedder:
+    expected = found.count if found else None
+    with session.embedder(settings_of(ctx), expected) as embedder:
         embedder.check(**options)
+        if split.on:
+            prompt = embedder.prompt_text(**options)
+            items, skipped = _passage_corpus(session, embedder, spec, split, prompt)
+        else:
+            items = found
         # Read, embed and write a chunk at a time: memory stays flat however long the input.
         with (
             render.open_output(output, binary=fmt == "npy") as stream,
-            session.progress(embedder, found.count),
+            session.progress(embedder, expected or 0),
         ):
             writer = render.EmbeddingsWriter(stream, fmt, embedder.name)
-            for chunk in chunks(found):
+            for chunk in chunks(items):
                 writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
-    session.report_truncated(embedder, found.count)
+    session.report_skipped(skipped)
+    session.report_truncated(embedder, writer.count)
 
 
 # --- similar -----------------------------------------------------------------------------
@@ -543,6 +655,17 @@ def similar(
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
     max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
+    as_passages: PassagesOpt = False,
+    passage_tokens: PassageTokensOpt = None,
+    overlap: OverlapOpt = None,
+    per_document: Annotated[
+        bool,
+        typer.Option(
+            "--per-document",
+            help="At most one result per file: its best passage (with --passages).",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = False,
     queries: Annotated[
         str | None,
         typer.Option(
@@ -583,6 +706,7 @@ def similar(
     fmt: _format_option(render.SIMILAR_FORMATS, "table on a terminal, jsonl when piped") = None,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Rank texts by similarity to a query: the best matches first."""
     from modernbert_cli import saved
@@ -606,30 +730,44 @@ def similar(
         corpus_args = corpus_args[1:]
 
     spec = _input_spec(corpus_args, inputs, field, column, documents, max_line_bytes)
-    stored = None
+    split = PassageOptions(as_passages, passage_tokens, overlap, verbose)
+    split.check(spec)
+    if per_document and not split.on:
+        raise UsageError("--per-document needs --passages")
+    if split.on and embeddings is not None:
+        raise UsageError("--passages and --embeddings exclude each other")
+    # Passages are read as they are embedded, checked once the model's tokenizer is known.
+    stored, skipped, corpus_size = None, {}, 0
     if embeddings is not None:
         labels = read_texts(spec, session.stdin).texts if (corpus_args or inputs) else []
         stored = saved.load(embeddings, labels)
         corpus_size = len(stored.texts)
-    else:
+    elif not split.on:
         found = scan(spec, session.stdin, what="corpus")
         session.report_skipped(found.skipped)
         corpus_size = found.count
 
     total = len(query_texts) + corpus_size
-    with session.embedder(settings_of(ctx), total) as embedder:
+    with session.embedder(settings_of(ctx), total if corpus_size else None) as embedder:
         metric = metric or embedder.similarity_fn_name
         if stored is not None:
             _check_stored(stored, embeddings, embedder, session)
-        with session.progress(embedder, total):
+            corpus: Any = stored.texts
+        elif split.on:
+            prompt = embedder.prompt_text(role="document")
+            corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt)
+        else:
+            corpus = found
+        with session.progress(embedder, total if corpus_size else 0):
             try:
                 results = embedder.similar_many(
                     query_texts,
-                    stored.texts if stored else found,
+                    corpus,
                     top_k=top_k,
                     threshold=threshold,
                     metric=metric,
                     corpus_embeddings=stored.embeddings if stored else None,
+                    distinct=_file_of if per_document else None,
                 )
             except SettingError as error:
                 if error.setting != "corpus_embeddings":
@@ -637,9 +775,15 @@ def similar(
                 raise UsageError(
                     f"--embeddings {embeddings} {error.reason}: use the model that made them"
                 ) from None
+    session.report_skipped(skipped)
     session.report_truncated(embedder, total)
     with render.open_output(output) as stream:
         render.write_hits(stream, fmt, query_texts, results, metric)
+
+
+def _file_of(item: Any) -> str:
+    """The file a corpus item comes from (--per-document keeps one item per file)."""
+    return getattr(item, "path", None) or item.source
 
 
 def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
