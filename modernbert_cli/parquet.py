@@ -209,12 +209,13 @@ def _storage_dtype(precision: Any) -> str:
 # --- reading ------------------------------------------------------------------------------
 
 
-def open_parquet(path: str) -> Any:
-    """A ``pyarrow.parquet.ParquetFile``, or one InputError line saying why not."""
+def open_parquet(path: str, name: str | None = None) -> Any:
+    """A ``pyarrow.parquet.ParquetFile``, or one InputError line (naming ``name``) saying why."""
     pa = import_pyarrow()
     import pyarrow.parquet as pq
 
     fs, inner = filesystem(path)
+    path = name or path
     try:
         info = fs.get_file_info(inner)
         if info.type == pa.fs.FileType.NotFound:
@@ -269,12 +270,21 @@ def iter_parquet_texts(
 
 
 def iter_parquet_rows(
-    path: str, column: str | None = None, start_row: int = 0, stop_row: int | None = None
+    path: str,
+    column: str | None = None,
+    start_row: int = 0,
+    stop_row: int | None = None,
+    *,
+    name: str | None = None,
 ) -> Iterator[tuple[int, Text]]:
-    """(0-based row, Text) for each non-empty text in rows ``start_row`` to ``stop_row``."""
+    """(0-based row, Text) for each non-empty text in rows ``start_row`` to ``stop_row``.
+
+    ``name`` is how sources and messages show the file (default: ``path``).
+    """
     pa = import_pyarrow()
-    file = open_parquet(path)
-    name = text_column(file, path, column)
+    file = open_parquet(path, name)
+    path = name or path
+    column = text_column(file, path, column)
     meta = file.metadata
     stop = meta.num_rows if stop_row is None else min(stop_row, meta.num_rows)
     groups: list[int] = []  # the row groups that hold the slice
@@ -291,7 +301,7 @@ def iter_parquet_rows(
         return
     row = first
     try:
-        for batch in file.iter_batches(READ_BATCH_ROWS, row_groups=groups, columns=[name]):
+        for batch in file.iter_batches(READ_BATCH_ROWS, row_groups=groups, columns=[column]):
             values = batch.column(0)
             if pa.types.is_dictionary(values.type):
                 values = values.dictionary_decode()
@@ -339,6 +349,7 @@ def read_embeddings(path: str) -> ParquetEmbeddings:
     if METADATA_KEY not in metadata or "embedding" not in tables[0].column_names:
         raise InputError(f"{path}: not an embeddings file written by modernbert-cli")
     settings = json.loads(metadata[METADATA_KEY])
+    settings.pop("part", None)  # a part's number: not a setting of the whole
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
     vectors = table.column("embedding").combine_chunks()
     size = vectors.type.list_size
