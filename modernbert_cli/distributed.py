@@ -70,6 +70,14 @@ class RayProgress:
     texts_per_s: float  # of this run's own work
     seconds: float
 
+    def line(self) -> str:
+        """One line for stderr: ``embedding: 3/10 parts, 30,000/100,000 texts, 2,345 texts/s``."""
+        rate = f", {self.texts_per_s:,.0f} texts/s" if self.texts_per_s else ""
+        return (
+            f"embedding: {self.parts_done}/{self.parts_total} parts, "
+            f"{self.texts_done:,}/{self.texts_total:,} texts{rate}"
+        )
+
 
 @dataclass(frozen=True)
 class RayResult:
@@ -341,7 +349,18 @@ def _import_ray() -> Any:
 
 
 def _connect(ray: Any, address: str, note: Callable[[str], None]) -> Callable[[], None]:
-    """Join or start Ray as ``address`` says; returns how to leave it again."""
+    """Join or start Ray as ``address`` says; returns how to leave it again.
+
+    A remote address is tried first with a plain connection of a few seconds: Ray
+    itself would retry a dead one for minutes.
+    """
+    if address not in ("local", "auto"):
+        _probe(address, *_host_port(address))
+    elif address == "auto" and os.environ.get("RAY_ADDRESS", "auto") not in ("auto", "local"):
+        _probe(
+            f"auto (RAY_ADDRESS={os.environ['RAY_ADDRESS']})",
+            *_host_port(os.environ["RAY_ADDRESS"]),
+        )
     if ray.is_initialized():  # the caller's own Ray session (a notebook, the tests): use it
         return lambda: None
     # Workers' output stays in Ray's logs: stderr carries our notes and errors only.
@@ -351,21 +370,20 @@ def _connect(ray: Any, address: str, note: Callable[[str], None]) -> Callable[[]
         # A session folder of its own: no clash with another user's /tmp/ray.
         temp_dir = tempfile.mkdtemp(prefix="mbcli-ray-")
         kwargs.update(num_cpus=os.cpu_count() or 1, include_dashboard=False, _temp_dir=temp_dir)
-    elif address == "auto":
-        kwargs["address"] = "auto"
     else:
-        host, port = _host_port(address)
-        _probe(address, host, port)
         kwargs["address"] = address
     try:
         ray.init(**kwargs)
     except ConnectionError as error:
-        where = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "a running cluster"
-        hint = " (set RAY_ADDRESS or run `ray start --head`)" if address == "auto" else ""
+        hint = (
+            " (set RAY_ADDRESS, or start one with `ray start --head`)" if address == "auto" else ""
+        )
         raise UsageError(
-            f"--ray {address}: cannot join {where}: {_first_line(error)}{hint}"
+            f"--ray {address}: no Ray cluster to join{hint}: {_first_line(error)}"
         ) from None
     except Exception as error:  # Ray raises many kinds; all mean "cannot start or join"
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
         raise UsageError(f"--ray {address}: cannot start Ray: {_first_line(error)}") from None
     resources = ray.cluster_resources()
     note(
@@ -393,20 +411,32 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def _probe(address: str, host: str, port: int) -> None:
-    """Fail in seconds, with the reason, where Ray would retry a dead address for minutes."""
-    try:
-        with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S):
-            pass
-    except socket.gaierror:
-        raise UsageError(f"--ray {address}: unknown host '{host}'") from None
-    except TimeoutError:
+    """A plain TCP connection to the address, or one UsageError line saying why not."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:  # in a thread: a name lookup has no timeout of its own
+        try:
+            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(_CONNECT_TIMEOUT_S + 1)
+    error = outcome[0] if outcome else TimeoutError()
+    if error is None:
+        return
+    if isinstance(error, socket.gaierror):
+        raise UsageError(f"--ray {address}: unknown host '{host}'")
+    if isinstance(error, TimeoutError):
         raise UsageError(
-            f"--ray {address}: no answer within {_CONNECT_TIMEOUT_S:g} s from {host}:{port}"
-        ) from None
-    except OSError as error:
-        raise UsageError(
-            f"--ray {address}: cannot connect to {host}:{port} ({error.strerror or error})"
-        ) from None
+            f"--ray {address}: no answer from {host}:{port} within {_CONNECT_TIMEOUT_S:g} s"
+        )
+    reason = getattr(error, "strerror", None) or error
+    raise UsageError(f"--ray {address}: cannot connect to {host}:{port} ({reason})")
 
 
 def _quiet_data(ray: Any) -> None:
