@@ -246,12 +246,8 @@ def test_a_rerun_writes_only_the_missing_parts(first_run, tiny_model):
     (out / ".part-00003.parquet.1234abcd.tmp").write_bytes(b"a worker stopped mid-write")
     before = snapshot(out)
 
-    result = run_ray_embed(
-        first_run["paths"],
-        str(out),
-        embedder_options={"model": tiny_model},
-        workers=2,
-        part_size=PART_SIZE,
+    result = run_ray_embed(  # no --part-size: the folder's own
+        first_run["paths"], str(out), embedder_options={"model": tiny_model}, workers=2
     )
 
     after = snapshot(out)
@@ -410,6 +406,37 @@ def _wait_until_still(folder: Path, quiet_s: float = 3.0, limit_s: float = 60.0)
         now = snapshot(folder)
         if now != seen:
             seen, since = now, time.monotonic()
+
+
+class _Cluster:
+    def __init__(self, **resources: float) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+@pytest.mark.parametrize(
+    ("address", "resources", "asked", "workers", "note"),
+    [
+        ("local", {"CPU": 8}, (4, 0, 2), 4, None),
+        ("local", {"CPU": 2}, (4, 0, 1), 2, "4 workers do not fit on this machine: running 2"),
+        ("local", {"CPU": 16, "GPU": 2}, (4, 1, 2), 2, "running 2"),
+        ("ray://head:10001", {"CPU": 2}, (4, 0, 1), 4, "the cluster holds 2 of the 4 workers"),
+        ("ray://head:10001", {"CPU": 8}, (2, 1, 1), 2, "Ray has 0 GPUs for now; waiting"),
+    ],
+)
+def test_workers_fit_what_ray_has(address, resources, asked, workers, note):
+    notes: list[str] = []
+    count, gpus, cpus = asked
+    fit = distributed._fit_workers(_Cluster(**resources), address, count, gpus, cpus, notes.append)
+    assert fit == workers
+    assert notes == [] if note is None else note in notes[0]
+
+
+def test_a_local_ray_without_the_gpus_asked_for_is_refused():
+    with pytest.raises(UsageError, match="--gpus-per-worker 1: Ray has 0 GPUs"):
+        distributed._fit_workers(_Cluster(CPU=2), "local", 1, 1, 1, print)
 
 
 def test_the_worker_factory_is_the_one_place_that_builds_the_model(monkeypatch):
