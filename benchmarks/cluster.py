@@ -54,8 +54,11 @@ def main() -> None:
     print(f"part size {args.part_size}")
 
     rows = [("one process", *_one_process(model, texts))]
+    splits = []
     for workers in (int(w) for w in args.workers.split(",")):
-        rows.append((f"ray, {workers} worker(s)", *_ray(model, source, work, workers, args)))
+        total, steady, split = _ray(model, source, work, workers, args)
+        rows.append((f"ray, {workers} worker(s)", total, steady))
+        splits.append((workers, split))
 
     base_total, base_steady = rows[0][1], rows[0][2]
     print(f"\n{'path':<20} {'end to end':>14} {'ratio':>7} {'steady':>14} {'ratio':>7}")
@@ -64,6 +67,11 @@ def main() -> None:
             f"{name:<20} {total:>8,.0f} txt/s {total / base_total:>6.2f}x "
             f"{steady:>8,.0f} txt/s {steady / base_steady:>6.2f}x"
         )
+    print("\nworker time per step (all parts): where a GPU would wait on reading and writing")
+    for workers, split in splits:
+        whole = sum(split.values()) or 1.0
+        shares = ", ".join(f"{step} {seconds / whole:.1%}" for step, seconds in split.items())
+        print(f"  {workers} worker(s): {shares}")
 
 
 def _one_process(model: str, texts: list[str]) -> tuple[float, float]:
@@ -79,7 +87,7 @@ def _one_process(model: str, texts: list[str]) -> tuple[float, float]:
     return len(texts) / (end - start), len(texts) / (end - begun)
 
 
-def _ray(model: str, source: Path, work: Path, workers: int, args) -> tuple[float, float]:
+def _ray(model: str, source: Path, work: Path, workers: int, args) -> tuple[float, float, dict]:
     from modernbert_cli.distributed import run_ray_embed
 
     marks: list[tuple[float, int]] = []  # (time, texts done) after each part
@@ -97,7 +105,7 @@ def _ray(model: str, source: Path, work: Path, workers: int, args) -> tuple[floa
     end = time.perf_counter()
     done = [(t, n) for t, n in marks if n > 0]
     steady = (done[-1][1] - done[0][1]) / (done[-1][0] - done[0][0]) if len(done) > 1 else 0.0
-    return result.texts / (end - start), steady
+    return result.texts / (end - start), steady, result.worker_seconds
 
 
 def _model_path(name: str, work: Path) -> str:

@@ -33,8 +33,9 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 from urllib.parse import urlparse
 
@@ -56,9 +57,13 @@ GPU_PART_SIZE = 500_000
 # int8/uint8 ranges come from the first texts, as one-process embed calibrates on its
 # first chunk (cli.CHUNK_TEXTS): the same texts give the same ranges, and so the same ints.
 CALIBRATION_TEXTS = 8192
-# Rows per row group inside a part: readers can stream a part, a row group at a time.
-ROW_GROUP_ROWS = 8192
+# Texts a worker reads, embeds and writes at a time (a row group of its part), as
+# one-process embed does (cli.CHUNK_TEXTS): the measured GPU speeds are for such calls.
+CHUNK_TEXTS = 8192
 _CONNECT_TIMEOUT_S = 5.0
+# What a worker reports of each part (one type per column: Ray Data keeps them as Arrow):
+# texts, and the seconds it spent reading (a GPU waits), embedding and writing (it waits).
+_PART_ROW = {"texts": 0, "truncated": 0, "read_s": 0.0, "embed_s": 0.0, "write_s": 0.0}
 _ERRORS: dict[str, type[CliError]] = {
     cls.__name__: cls for cls in (UsageError, InputError, ModelError, OutputError)
 }
@@ -95,6 +100,9 @@ class RayResult:
     texts: int
     truncated: int  # texts cut at the token limit, in the parts this run wrote
     seconds: float
+    # Worker seconds, summed over the parts this run wrote: "read", "embed", "write".
+    # Reading and writing are time a worker's GPU waits (docs/cluster.md).
+    worker_seconds: dict[str, float]
 
 
 def run_ray_embed(
@@ -598,49 +606,108 @@ class _PartWorker:
         self.embedder = _make_embedder(job["options"])
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {
-            "part": [],
-            "texts": [],
-            "truncated": [],
-            "error": [],
-            "kind": [],
-        }
+        rows: list[dict[str, Any]] = []
         for number in batch["part"]:
-            number = int(number)
-            truncated, error = 0, None
+            row = {"part": int(number), "error": "", "kind": "", **_PART_ROW}
             try:
-                truncated = self._write(number)
+                row.update(self._write(int(number)))
             except CliError as failure:
-                error = _error(failure)
-            out["part"].append(number)
-            out["texts"].append(self.manifest["parts"][number]["texts"])
-            out["truncated"].append(truncated)
-            out["error"].append(error["error"] if error else "")
-            out["kind"].append(error["kind"] if error else "")
-        return out
+                row.update(_error(failure))
+            rows.append(row)
+        return {key: [row[key] for row in rows] for key in rows[0]}
 
-    def _write(self, number: int) -> int:
+    def _write(self, number: int) -> dict[str, Any]:
+        """Read, embed and write one part, a chunk at a time, the three overlapped.
+
+        While the model embeds a chunk, a thread reads the next and another writes the
+        last, so a GPU waits on neither; the seconds it did wait are reported. Memory
+        holds a few chunks, whatever the part size.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         part = self.manifest["parts"][number]
         folder = parts.OutputFolder(self.job["output"])
         if folder.part_is_done(part, self.manifest["run"]):  # a retried task: it got there
-            return 0
-        texts = parts.read_part(self.manifest, part)
+            return {"texts": 0}
         encode = self.manifest["settings"]
         before = self.embedder.truncated
-        vectors = self.embedder.embed(
-            [t.text for t in texts],
-            prompt=encode["prompt"],
-            prompt_name=encode["prompt_name"],
-            normalize=encode["normalize"],
-            truncate_dim=encode["truncate_dim"],
-        )
-        vectors = _quantize(vectors, encode["precision"], self.manifest.get("ranges"))
+        waited = {"read_s": 0.0, "embed_s": 0.0, "write_s": 0.0}
         metadata = {**encode, "run": self.manifest["run"], "part": number}
-        with ParquetEmbeddingsWriter(folder.path(part["name"]), metadata) as writer:
-            for start in range(0, len(texts), ROW_GROUP_ROWS):
-                stop = start + ROW_GROUP_ROWS
-                writer.write(texts[start:stop], vectors[start:stop])
-        return self.embedder.truncated - before
+        chunks = _read_ahead(_chunked(parts.iter_part(self.manifest, part), CHUNK_TEXTS))
+        with (  # the executor closes first: no write is in flight when the file is closed
+            ParquetEmbeddingsWriter(folder.path(part["name"]), metadata) as writer,
+            ThreadPoolExecutor(1) as behind,
+        ):
+            pending = None
+            while True:
+                clock = time.perf_counter()
+                texts = next(chunks, None)
+                waited["read_s"] += time.perf_counter() - clock
+                if texts is None:
+                    break
+                clock = time.perf_counter()
+                vectors = self.embedder.embed(
+                    [t.text for t in texts],
+                    prompt=encode["prompt"],
+                    prompt_name=encode["prompt_name"],
+                    normalize=encode["normalize"],
+                    truncate_dim=encode["truncate_dim"],
+                )
+                vectors = _quantize(vectors, encode["precision"], self.manifest.get("ranges"))
+                waited["embed_s"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                if pending is not None:
+                    pending.result()  # one chunk in writing at a time: memory stays flat
+                pending = behind.submit(writer.write, texts, vectors)
+                waited["write_s"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            if pending is not None:
+                pending.result()
+            waited["write_s"] += time.perf_counter() - clock
+        return {"texts": writer.count, "truncated": self.embedder.truncated - before, **waited}
+
+
+def _chunked(texts: Iterator[Text], size: int) -> Iterator[list[Text]]:
+    while chunk := list(islice(texts, size)):
+        yield chunk
+
+
+def _read_ahead(chunks: Iterator[list[Text]]) -> Iterator[list[Text]]:
+    """The chunks of ``chunks``, the next one read in a thread while this one is used."""
+    import queue
+    import threading
+
+    ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        """Put ``item`` in the queue unless the consumer has gone."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not offer(chunk):
+                    return
+            offer(None)
+        except BaseException as error:  # handed to the consumer, raised there
+            offer(error)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def _embed_parts(
@@ -657,16 +724,17 @@ def _embed_parts(
     started: float,
 ) -> RayResult:
     """Run the pool over the parts not yet written; report each part as it lands."""
-    parts = manifest["parts"]
+    planned = manifest["parts"]
     out.remove_stale_temporaries()
-    done = {i for i, part in enumerate(parts) if out.part_is_done(part, manifest["run"])}
+    done = {i for i, part in enumerate(planned) if out.part_is_done(part, manifest["run"])}
     kept = len(done)
-    todo = [i for i in range(len(parts)) if i not in done]
-    texts_done = sum(parts[i]["texts"] for i in done)
+    todo = [i for i in range(len(planned)) if i not in done]
+    texts_done = sum(planned[i]["texts"] for i in done)
     if kept:
-        note(f"{out.display}: {kept} of {len(parts)} part(s) already written; doing the rest")
+        note(f"{out.display}: {kept} of {len(planned)} part(s) already written; doing the rest")
     begun = time.monotonic()
     fresh = truncated = 0
+    steps = {"read": 0.0, "embed": 0.0, "write": 0.0}
 
     def report() -> None:
         if progress is not None:
@@ -675,7 +743,7 @@ def _embed_parts(
             progress(
                 RayProgress(
                     len(done),
-                    len(parts),
+                    len(planned),
                     texts_done,
                     manifest["texts"],
                     rate,
@@ -704,10 +772,13 @@ def _embed_parts(
             for row in rows:
                 if row["error"]:
                     raise _ERRORS[row["kind"]](row["error"])
-                done.add(int(row["part"]))
-                fresh += int(row["texts"])
-                texts_done += int(row["texts"])
+                number = int(row["part"])
+                done.add(number)
+                fresh += planned[number]["texts"]
+                texts_done += planned[number]["texts"]
                 truncated += int(row["truncated"])
+                for step in steps:
+                    steps[step] += float(row[f"{step}_s"])
                 report()
     except BaseException:
         with contextlib.suppress(Exception):  # the error that stopped us matters more
@@ -717,12 +788,13 @@ def _embed_parts(
     out.write_manifest({**manifest, "done": sorted(done)})
     return RayResult(
         output_dir=out.display,
-        parts_total=len(parts),
-        parts_written=len(parts) - kept,
+        parts_total=len(planned),
+        parts_written=len(planned) - kept,
         parts_kept=kept,
         texts=manifest["texts"],
         truncated=truncated,
         seconds=time.monotonic() - started,
+        worker_seconds=steps,
     )
 
 

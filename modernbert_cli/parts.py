@@ -366,28 +366,35 @@ def plan_parts(scanned: list[dict[str, Any]], part_size: int) -> dict[str, Any]:
     }
 
 
-def read_part(
+def iter_part(
     manifest: dict[str, Any], part: dict[str, Any], limit: int | None = None
-) -> list[Text]:
-    """The texts of one part (or its first ``limit``), read straight from their offsets."""
-    texts: list[Text] = []
+) -> Iterator[Text]:
+    """The texts of one part (or its first ``limit``), read lazily from their offsets."""
+    given = 0
     for index, count, offset, line in part["segments"]:
         source = dict(manifest["inputs"][index])
-        want = count if limit is None else min(count, limit - len(texts))
+        want = count if limit is None else min(count, limit - given)
         got = 0
         if want > 0:
             found = records(source, manifest["field"], manifest["column"], offset, line)
             with contextlib.closing(found):
                 for _, _, text in found:
-                    texts.append(text)
+                    yield text
                     got += 1
                     if got == want:
                         break
         if got < want:
             raise InputError(f"{source['name']}: has changed since the run began")
-        if limit is not None and len(texts) >= limit:
-            break
-    return texts
+        given += got
+        if limit is not None and given >= limit:
+            return
+
+
+def read_part(
+    manifest: dict[str, Any], part: dict[str, Any], limit: int | None = None
+) -> list[Text]:
+    """The texts of one part (or its first ``limit``), as a list."""
+    return list(iter_part(manifest, part, limit))
 
 
 # --- the output folder ---------------------------------------------------------------------

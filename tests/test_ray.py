@@ -444,3 +444,67 @@ def test_the_worker_factory_is_the_one_place_that_builds_the_model(monkeypatch):
     monkeypatch.setattr(distributed, "_EncoderEmbedder", lambda **o: built.append(o) or "emb")
     assert distributed._make_embedder({"model": "m", "dtype": "float32"}) == "emb"
     assert built == [{"model": "m", "dtype": "float32"}]
+
+
+# --- a worker, in this process -------------------------------------------------------------
+
+
+def _job(tmp_path: Path, tiny_model: str, paths: list[str], part_size: int) -> dict:
+    from modernbert_cli import parts
+
+    sources = parts.list_inputs(paths)
+    manifest = parts.plan_parts(parts.scan_files(sources, None, None, part_size), part_size)
+    settings = {**distributed._describe({"model": tiny_model, "dtype": "float32"})}
+    settings.update(normalize=False, precision="float32", truncate_dim=None, prompt=None)
+    manifest.update(run="run-1", settings={**settings, "prompt_name": None}, field=None)
+    manifest.update(column=None, ranges=None)
+    options = distributed._worker_options({"model": tiny_model, "dtype": "float32"}, 0)
+    return {"manifest": manifest, "options": options, "output": str(tmp_path / "out")}
+
+
+def test_a_worker_reads_embeds_and_writes_a_part_a_chunk_at_a_time(
+    tmp_path, tiny_model, monkeypatch
+):
+    monkeypatch.setattr(distributed, "CHUNK_TEXTS", 4)
+    paths = write_inputs(tmp_path / "inputs")[:1]
+    (tmp_path / "out").mkdir()
+    worker = distributed._PartWorker(_job(tmp_path, tiny_model, paths, part_size=100))
+
+    row = worker({"part": np.array([0])})
+
+    assert row["error"] == [""]
+    texts = expected_texts(paths)
+    assert row["texts"] == [len(texts)]
+    assert all(row[k][0] >= 0 for k in ("read_s", "embed_s", "write_s"))
+    part = tmp_path / "out" / "part-00000.parquet"
+    assert pq.ParquetFile(part).metadata.num_row_groups == -(-len(texts) // 4)
+    saved = read_embeddings(str(part))
+    assert saved.texts == texts
+    np.testing.assert_allclose(saved.embeddings, one_process(tiny_model, texts), atol=1e-5)
+
+
+def test_a_worker_hands_back_an_input_error_and_leaves_no_part(tmp_path, tiny_model):
+    paths = write_inputs(tmp_path / "inputs")[:1]
+    (tmp_path / "out").mkdir()
+    worker = distributed._PartWorker(_job(tmp_path, tiny_model, paths, part_size=100))
+    Path(paths[0]).write_text("shorter now\n")
+
+    row = worker({"part": np.array([0])})
+
+    assert row["kind"] == ["InputError"]
+    assert row["error"] == [f"{paths[0]}: has changed since the run began"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_reader_failed():
+    def chunks():
+        yield [1]
+        yield [2]
+        raise UsageError("broken")
+
+    got = []
+    with pytest.raises(UsageError, match="broken"):
+        for chunk in distributed._read_ahead(chunks()):
+            got.append(chunk)
+    assert got == [[1], [2]]
+    assert list(distributed._read_ahead(iter([[1], [2], [3]]))) == [[1], [2], [3]]
