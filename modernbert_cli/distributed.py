@@ -174,10 +174,12 @@ def run_ray_embed(
                 parts.check_same(out.display, previous, shape, part_size, settings)
             manifest = _plan(ray, sources, field, column, part_size)
             manifest.update(run=run_id, settings=settings, field=field, column=column)
+            once = {**options, "compile": "off"}  # compiling for 8,192 texts would not pay
             manifest["ranges"] = _calibrate(
-                ray, manifest, options, encode, gpus_per_worker, cpus_per_worker
+                ray, manifest, once, encode, gpus_per_worker, cpus_per_worker
             )
             out.write_manifest(manifest)
+        options["compile"] = _resolve_compile(options, manifest["texts"], workers)
         return _embed_parts(
             ray,
             out,
@@ -303,7 +305,6 @@ class _EncoderEmbedder:
                 model_loading.canonical_name(self.spec.name),
                 model_loading.pick_devices(self.spec.device),
                 self.engine_options,
-                expected_texts=len(texts),  # a part: torch.compile pays off on big ones
             )
         options = EncodeOptions(normalize, precision, truncate_dim, prompt, prompt_name)
         return self._encoder.encode(texts, options, role)  # type: ignore[arg-type]
@@ -346,6 +347,18 @@ def _resolve_dtype(ray: Any, options: dict[str, Any], gpus: float, cpus: float) 
         return "float32" if dtype == "auto" else dtype
     probe = ray.remote(num_gpus=gpus, num_cpus=cpus)(_worker_dtype)
     return str(ray.get(probe.remote(options["device"])))
+
+
+def _resolve_compile(options: dict[str, Any], texts: int, workers: int) -> str:
+    """``compile="auto"`` decided for the whole run, by one-process embed's rule: on a GPU,
+    for a worker's share of 20,000 texts or more (its chunks alone are smaller)."""
+    from modernbert_cli.engine import COMPILE_MIN_TEXTS
+
+    choice = str(options.get("compile") or "auto")
+    if choice != "auto":
+        return choice
+    on_gpu = str(options.get("device", "")).startswith("cuda")
+    return "on" if on_gpu and texts / workers >= COMPILE_MIN_TEXTS else "off"
 
 
 def _worker_dtype(device: str) -> str:

@@ -434,6 +434,21 @@ def test_workers_fit_what_ray_has(address, resources, asked, workers, note):
     assert notes == [] if note is None else note in notes[0]
 
 
+@pytest.mark.parametrize(
+    ("device", "compile", "texts", "workers", "expected"),
+    [
+        ("cpu", "auto", 10**6, 1, "off"),
+        ("cuda", "auto", 100_000, 2, "on"),  # 50,000 texts a worker: worth compiling
+        ("cuda", "auto", 30_000, 2, "off"),  # 15,000 a worker: one-process embed would not
+        ("cuda", "off", 10**6, 1, "off"),
+        ("cpu", "on", 10, 1, "on"),
+    ],
+)
+def test_compile_auto_is_decided_for_a_workers_share(device, compile, texts, workers, expected):
+    options = {"device": device, "compile": compile}
+    assert distributed._resolve_compile(options, texts, workers) == expected
+
+
 def test_a_local_ray_without_the_gpus_asked_for_is_refused():
     with pytest.raises(UsageError, match="--gpus-per-worker 1: Ray has 0 GPUs"):
         distributed._fit_workers(_Cluster(CPU=2), "local", 1, 1, 1, print)
