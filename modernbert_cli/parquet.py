@@ -23,7 +23,6 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from modernbert_cli.errors import InputError, OutputError, UsageError
 from modernbert_cli.inputs import Text
 
 METADATA_KEY = b"modernbert_cli"
+MANIFEST = "manifest.json"  # in a folder of parts (embed --ray): what they are, which exist
 INSTALL_HINT = "pip install 'modernbert-cli[parquet]'"
 # Rows read per batch from an input file: memory stays flat however large it is.
 READ_BATCH_ROWS = 8192
@@ -325,34 +325,31 @@ class ParquetEmbeddings:
 
 
 def read_embeddings(path: str) -> ParquetEmbeddings:
-    """Read an embeddings file of :class:`ParquetEmbeddingsWriter`, or a folder of parts."""
+    """Read an embeddings file of :class:`ParquetEmbeddingsWriter`, or a finished folder of
+    parts (``embed --ray``); a folder whose run did not finish is refused, never half read."""
     pa = import_pyarrow()
     import pyarrow.parquet as pq
 
     fs, inner = filesystem(path)
     try:
         if fs.get_file_info(inner).type == pa.fs.FileType.Directory:
-            selector = pa.fs.FileSelector(inner)
-            files = sorted(
-                info.path
-                for info in fs.get_file_info(selector)
-                if Path(info.path).name.startswith("part-") and info.path.endswith(".parquet")
-            )
+            files, run = _finished_parts(fs, inner, path)
         else:
-            files = [inner]
+            files, run = [inner], None
         tables = [pq.read_table(f, filesystem=fs) for f in files]
     except (OSError, pa.ArrowException) as error:
         raise InputError(f"{path}: not a readable Parquet file ({_first_line(error)})") from None
-    if not tables:
-        raise InputError(f"{path}: no part-*.parquet files in it")
-    metadata = tables[0].schema.metadata or {}
-    if METADATA_KEY not in metadata or "embedding" not in tables[0].column_names:
-        raise InputError(f"{path}: not an embeddings file written by modernbert-cli")
-    settings = json.loads(metadata[METADATA_KEY])
+    settings: dict[str, Any] = {}
+    for file, table in zip(files, tables, strict=True):
+        metadata = table.schema.metadata or {}
+        if METADATA_KEY not in metadata or "embedding" not in table.column_names:
+            raise InputError(f"{file}: not an embeddings file written by modernbert-cli")
+        settings = json.loads(metadata[METADATA_KEY])
+        if run is not None and settings.get("run") != run:
+            raise InputError(f"{file}: a part of another run than {path}'s manifest says")
     settings.pop("part", None)  # a part's number: not a setting of the whole
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
     vectors = table.column("embedding").combine_chunks()
-    size = vectors.type.list_size
     flat = vectors.flatten().to_numpy(zero_copy_only=False)
     texts = [
         Text(t, s)
@@ -360,7 +357,31 @@ def read_embeddings(path: str) -> ParquetEmbeddings:
             table.column("text").to_pylist(), table.column("source").to_pylist(), strict=True
         )
     ]
-    return ParquetEmbeddings(texts, flat.reshape(len(texts), size), settings)
+    return ParquetEmbeddings(texts, flat.reshape(len(texts), vectors.type.list_size), settings)
+
+
+def _finished_parts(fs: Any, folder: str, path: str) -> tuple[list[str], str]:
+    """The part files a folder's manifest lists, all of them there, and its run."""
+    try:
+        with fs.open_input_stream(f"{folder}/{MANIFEST}") as stream:
+            manifest = json.loads(stream.read())
+        names = [part["name"] for part in manifest["parts"]]
+        run = str(manifest["run"])
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: a folder without {MANIFEST}, not one embed --ray wrote"
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: {MANIFEST} is damaged") from None
+    listing = fs.get_file_info(import_pyarrow().fs.FileSelector(folder))
+    there = {os.path.basename(info.path) for info in listing}
+    missing = [name for name in names if name not in there]
+    if missing:
+        raise InputError(
+            f"{path}: {len(missing)} of {len(names)} parts are missing ({missing[0]}, …): "
+            "the run did not finish; run the same command again"
+        )
+    return [f"{folder}/{name}" for name in names], run
 
 
 def _is_string(pa: Any, kind: Any) -> bool:

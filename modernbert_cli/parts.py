@@ -30,6 +30,7 @@ from typing import Any
 from modernbert_cli.errors import InputError, OutputError, UsageError
 from modernbert_cli.inputs import Text
 from modernbert_cli.parquet import (
+    MANIFEST,
     METADATA_KEY,
     filesystem,
     import_pyarrow,
@@ -38,7 +39,6 @@ from modernbert_cli.parquet import (
     text_column,
 )
 
-MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 # A scan task takes files until it has this many bytes (or files).
 SCAN_GROUP_BYTES = 64 << 20

@@ -189,3 +189,51 @@ def test_unreadable_files_are_one_line_input_errors(tmp_path):
             list(iter_parquet_texts(path))
         assert str(error.value).startswith(f"{path}: {message}")
         assert "\n" not in str(error.value)
+
+
+# --- a folder of parts (embed --ray) -------------------------------------------------------
+
+
+def parts_folder(tmp_path, names, run="run-1", written=None):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    manifest = {"run": run, "parts": [{"name": n} for n in names]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for i, name in enumerate(written if written is not None else names):
+        write(
+            folder / name,
+            [(texts(2, 2 * i), np.full((2, 3), i, np.float32))],
+            {**SETTINGS, "run": run, "part": i},
+        )
+    return folder
+
+
+def test_a_finished_folder_of_parts_reads_as_one_file_in_part_order(tmp_path):
+    folder = parts_folder(tmp_path, ["part-00000.parquet", "part-00001.parquet"])
+    back = read_embeddings(str(folder))
+    assert back.texts == texts(4)
+    assert back.embeddings[:, 0].tolist() == [0, 0, 1, 1]
+    assert back.settings == {**SETTINGS, "run": "run-1"}  # no part number: it is the whole
+
+
+def test_an_unfinished_folder_is_refused_with_how_to_finish_it(tmp_path):
+    names = ["part-00000.parquet", "part-00001.parquet"]
+    folder = parts_folder(tmp_path, names, written=names[:1])
+    with pytest.raises(InputError) as error:
+        read_embeddings(str(folder))
+    assert str(error.value) == (
+        f"{folder}: 1 of 2 parts are missing (part-00001.parquet, …): the run did not "
+        "finish; run the same command again"
+    )
+
+
+def test_a_folder_without_a_manifest_or_with_a_stranger_part_is_refused(tmp_path):
+    folder = parts_folder(tmp_path, ["part-00000.parquet"])
+    (folder / "manifest.json").write_text(
+        json.dumps({"run": "run-2", "parts": [{"name": "part-00000.parquet"}]})
+    )
+    with pytest.raises(InputError, match="a part of another run"):
+        read_embeddings(str(folder))
+    (folder / "manifest.json").unlink()
+    with pytest.raises(InputError, match=r"a folder without manifest\.json"):
+        read_embeddings(str(folder))
