@@ -526,22 +526,26 @@ def write_cache_stats(stream: IO[str], path: Any, size: int, models: Sequence[An
 
 
 def write_servers(stream: IO[str], servers: Sequence[dict[str, Any]]) -> None:
-    """The running servers, as a table."""
+    """The running servers, as a table (a paused or loading one shows what is known)."""
     import time
 
     from rich.table import Table
 
     table = Table(title="modernbert-cli servers", title_justify="left")
-    for column in ("model", "pid", "requests", "up", "idle timeout", "socket"):
+    columns = ("model", "pid", "state", "requests", "up", "idle timeout", "http", "socket")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("pid", "requests") else "left")
     for server in servers:
-        up = time.time() - server["started"]
+        started, idle = server.get("started"), server.get("idle_timeout")
+        requests = server.get("requests")
         table.add_row(
-            _line(server["model"]),
-            str(server["pid"]),
-            f"{server['requests']:,}",
-            f"{up / 60:.0f} min",
-            f"{server['idle_timeout'] / 60:g} min",
+            _line(server.get("model") or "?"),
+            str(server.get("pid") or "?"),
+            server.get("state", "running"),
+            "?" if requests is None else f"{requests:,}",
+            "?" if started is None else f"{(time.time() - started) / 60:.0f} min",
+            "?" if idle is None else f"{idle / 60:g} min",
+            _line(server.get("http") or "-"),
             _line(server["socket"], "dim"),
         )
     if not servers:
