@@ -42,9 +42,18 @@ from urllib.parse import urlparse
 import numpy as np
 
 from modernbert_cli import parts
-from modernbert_cli.errors import CliError, InputError, ModelError, OutputError, UsageError
+from modernbert_cli.embedder import Embedder
+from modernbert_cli.errors import (
+    CliError,
+    InputError,
+    ModelError,
+    OutputError,
+    SettingError,
+    UsageError,
+)
 from modernbert_cli.inputs import Text
 from modernbert_cli.parquet import ParquetEmbeddingsWriter
+from modernbert_cli.settings import DEFAULT_MODEL, PRECISIONS
 
 INSTALL_HINT = "pip install 'modernbert-cli[ray]'"
 ADDRESSES = "local, auto, ray://HOST:PORT or HOST:PORT"
@@ -135,10 +144,8 @@ def run_ray_embed(
     note = note or (lambda message: None)
     ray = _import_ray()
     _check_options(workers, gpus_per_worker, cpus_per_worker, part_size, prompt, prompt_name)
-    from modernbert_cli.encoder import PRECISIONS
-
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision}: choose from {', '.join(PRECISIONS)}")
+        raise SettingError("precision", f"choose from {', '.join(PRECISIONS)}", precision)
     options = _worker_options(embedder_options, gpus_per_worker)
     encode = {
         "normalize": normalize,
@@ -148,7 +155,7 @@ def run_ray_embed(
         "prompt_name": prompt_name,
     }
     settings = {**_describe(options), **encode}  # a bad model path fails here, before Ray
-    _check_prompt_name(options["model"], prompt_name)
+    _check_prompts(options, prompt, prompt_name)
     sources = parts.list_inputs(inputs)
     out = parts.OutputFolder(output_dir)
     previous = out.manifest()
@@ -205,135 +212,57 @@ def _check_options(
     prompt_name: str | None,
 ) -> None:
     if workers < 1:
-        raise UsageError("--workers must be at least 1")
+        raise SettingError("workers", "must be at least 1", workers)
     if gpus < 0:
-        raise UsageError("--gpus-per-worker cannot be negative")
+        raise SettingError("gpus_per_worker", "cannot be negative", gpus)
     if cpus <= 0:
-        raise UsageError("--cpus-per-worker must be more than 0")
+        raise SettingError("cpus_per_worker", "must be more than 0", cpus)
     if part_size is not None and part_size < 1:
-        raise UsageError("--part-size must be at least 1")
+        raise SettingError("part_size", "must be at least 1", part_size)
     if prompt is not None and prompt_name is not None:
-        raise UsageError("--prompt and --prompt-name exclude each other")
+        raise SettingError("prompt", "cannot be given with {prompt_name}")
 
 
 # --- the model: the one place that says what a worker runs ---------------------------------
 
 
-def _make_embedder(options: dict[str, Any]) -> Any:
-    """The embedder a worker builds once and keeps (``Embedder(**options)`` once it lands)."""
-    return _EncoderEmbedder(**options)
+def _make_embedder(options: dict[str, Any]) -> Embedder:
+    """The embedder a worker builds once and keeps: one-process embed's engine."""
+    return Embedder(**options)
 
 
 def _describe(options: dict[str, Any]) -> dict[str, Any]:
     """Model, fingerprint and the settings that change a vector, without loading the model
-    (``Embedder(**options).describe()`` once it lands)."""
-    from modernbert_cli import model as model_loading
-    from modernbert_cli.cache import fingerprint
-
-    name = model_loading.canonical_name(options["model"])
-    files = model_loading.ModelFiles.find(options["model"])  # a bad path fails here
-    vector_settings = {
-        "max_seq_length": options.get("max_seq_length"),
-        "dtype": options.get("dtype", "auto"),
-        "quantize": options.get("quantize", "none"),
-        "trust_remote_code": bool(options.get("trust_remote_code", False)),
-    }
+    (the driver of a cluster may have no GPU, nor the model's weights)."""
+    embedder = Embedder(**options)  # a bad model path fails here
     return {
-        "model": name,
-        "fingerprint": fingerprint(files.directory, name, vector_settings),
-        **vector_settings,
+        "model": embedder.name,
+        "fingerprint": embedder.files_fingerprint(),
+        **embedder.vector_settings(),
     }
 
 
-class _EncoderEmbedder:
-    """``Embedder``'s ``embed`` over today's Encoder: no cache, no server, loaded on first use."""
+def _check_prompts(options: dict[str, Any], prompt: str | None, prompt_name: str | None) -> None:
+    """A prompt name the model does not define is refused now, not by every worker
+    (when the driver has the model's files; else the first worker refuses it)."""
+    from modernbert_cli.model import ModelFiles
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        device: str = "auto",
-        max_seq_length: int | None = None,
-        max_batch_tokens: int | None = None,
-        batch_size: int | None = None,
-        dtype: str = "auto",
-        compile: str = "auto",
-        quantize: str = "none",
-        trust_remote_code: bool = False,
-        cache: bool = False,
-        cache_max_mb: int = 2048,
-        server: bool = False,
-    ) -> None:
-        from modernbert_cli.engine import EngineOptions
-        from modernbert_cli.model import ModelSpec
-
-        # Every text of a run is embedded once: a cache or a server would only cost.
-        del cache, cache_max_mb, server
-        self.spec = ModelSpec(model, device, max_seq_length, trust_remote_code)
-        self.engine_options = EngineOptions(
-            max_batch_tokens=max_batch_tokens,
-            max_batch_size=batch_size,
-            dtype=dtype,
-            compile=compile,
-            quantize=quantize,
-        )
-        self._encoder: Any = None
-
-    @property
-    def truncated(self) -> int:
-        return 0 if self._encoder is None else int(self._encoder.truncated)
-
-    def embed(
-        self,
-        texts: Sequence[str],
-        prompt: str | None = None,
-        prompt_name: str | None = None,
-        role: str | None = None,
-        normalize: bool = False,
-        precision: str = "float32",
-        truncate_dim: int | None = None,
-    ) -> np.ndarray:
-        from modernbert_cli.encoder import EncodeOptions
-
-        if self._encoder is None:
-            from modernbert_cli import model as model_loading
-            from modernbert_cli.encoder import Encoder
-
-            loaded = model_loading.load(self.spec)
-            self._encoder = Encoder(
-                loaded,
-                model_loading.canonical_name(self.spec.name),
-                model_loading.pick_devices(self.spec.device),
-                self.engine_options,
-            )
-        options = EncodeOptions(normalize, precision, truncate_dim, prompt, prompt_name)
-        return self._encoder.encode(texts, options, role)  # type: ignore[arg-type]
-
-
-def _check_prompt_name(model: str, prompt_name: str | None) -> None:
-    """A prompt name the model does not define is refused now, not by every worker."""
-    from modernbert_cli import model as model_loading
-
-    files = model_loading.ModelFiles.find(model)
-    if prompt_name is None or files.directory is None:
-        return
-    known = sorted(k for k, v in (files.config().get("prompts") or {}).items() if v)
-    if prompt_name not in known:
-        defined = f"the prompts {', '.join(known)}" if known else "no prompts"
-        raise UsageError(f"--prompt-name '{prompt_name}': model '{model}' defines {defined}")
+    if prompt_name is not None and ModelFiles.find(options["model"]).directory is not None:
+        Embedder(**options).check(prompt=prompt, prompt_name=prompt_name)
 
 
 def _worker_options(options: dict[str, Any], gpus_per_worker: float) -> dict[str, Any]:
     """The embedder options a worker gets: a device that matches what Ray gave it."""
-    if "model" not in options:
-        raise UsageError("embedder_options needs a 'model'")
-    options = {**options, "cache": False, "server": False}
+    # Every text of a run is embedded once: a cache or a warm server would only cost.
+    options = {"model": DEFAULT_MODEL, **options, "cache": False, "server": False}
     device = str(options.get("device") or "auto")
     if device == "auto":
         # Ray shows a worker only the GPUs it was given: none unless asked for.
         options["device"] = "cuda" if gpus_per_worker > 0 else "cpu"
     elif device.startswith("cuda") and gpus_per_worker == 0:
-        raise UsageError(f"--device {device} with --ray needs --gpus-per-worker (1 per GPU)")
+        raise SettingError(
+            "device", "needs {gpus_per_worker}: Ray gives a worker no GPU otherwise", device
+        )
     return options
 
 
@@ -375,7 +304,7 @@ def _import_ray() -> Any:
         import ray
         import ray.data
     except ImportError:
-        raise UsageError(f"--ray needs Ray: {INSTALL_HINT}") from None
+        raise UsageError(f"Ray is not installed: {INSTALL_HINT}") from None
     return ray
 
 
@@ -386,12 +315,9 @@ def _connect(ray: Any, address: str, note: Callable[[str], None]) -> Callable[[]
     itself would retry a dead one for minutes.
     """
     if address not in ("local", "auto"):
-        _probe(address, *_host_port(address))
+        _probe(address, address)
     elif address == "auto" and os.environ.get("RAY_ADDRESS", "auto") not in ("auto", "local"):
-        _probe(
-            f"auto (RAY_ADDRESS={os.environ['RAY_ADDRESS']})",
-            *_host_port(os.environ["RAY_ADDRESS"]),
-        )
+        _probe(address, os.environ["RAY_ADDRESS"], "RAY_ADDRESS=")
     if ray.is_initialized():  # the caller's own Ray session (a notebook, the tests): use it
         return lambda: None
     # Workers' output stays in Ray's logs: stderr carries our notes and errors only.
@@ -405,17 +331,15 @@ def _connect(ray: Any, address: str, note: Callable[[str], None]) -> Callable[[]
         kwargs["address"] = address
     try:
         ray.init(**kwargs)
-    except ConnectionError as error:
-        hint = (
-            " (set RAY_ADDRESS, or start one with `ray start --head`)" if address == "auto" else ""
-        )
-        raise UsageError(
-            f"--ray {address}: no Ray cluster to join{hint}: {_first_line(error)}"
-        ) from None
     except Exception as error:  # Ray raises many kinds; all mean "cannot start or join"
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
-        raise UsageError(f"--ray {address}: cannot start Ray: {_first_line(error)}") from None
+        if isinstance(error, ConnectionError):
+            hint = " (set RAY_ADDRESS, or run `ray start --head`)" if address == "auto" else ""
+            reason = f"no Ray cluster to join{hint}: {_first_line(error)}"
+        else:
+            reason = f"cannot start Ray: {_first_line(error)}"
+        raise SettingError("address", reason, address) from None
     resources = ray.cluster_resources()
     note(
         f"Ray {'started here' if address == 'local' else 'joined'}: "
@@ -436,17 +360,14 @@ def _fit_workers(
     """As many workers as this Ray can hold: a local one cannot grow, so asking for more
     would wait for ever; a cluster may add nodes, so there it is only a note."""
     resources = ray.cluster_resources()
-    room = [("CPU", cpus, "--cpus-per-worker")] + (
-        [("GPU", gpus, "--gpus-per-worker")] if gpus else []
-    )
+    room = [("CPU", cpus, "cpus_per_worker")] + ([("GPU", gpus, "gpus_per_worker")] if gpus else [])
     fit = workers
-    for kind, each, flag in room:
+    for kind, each, setting in room:
         have = float(resources.get(kind, 0))
         if have < each:
-            message = f"{flag} {each:g}: Ray has {have:g} {kind}s"
             if address == "local":
-                raise UsageError(message)
-            note(f"{message} for now; waiting for the cluster to add some")
+                raise SettingError(setting, f"this machine's Ray has {have:g} {kind}s", each)
+            note(f"the cluster has {have:g} {kind}s for now, a worker needs {each:g}: waiting")
             return workers
         fit = min(fit, int(have // each))
     if fit < workers:
@@ -457,22 +378,18 @@ def _fit_workers(
     return workers
 
 
-def _host_port(address: str) -> tuple[str, int]:
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    if parsed.scheme not in ("ray", "tcp") or not parsed.hostname or port is None:
-        raise UsageError(f"--ray {address}: give {ADDRESSES}")
-    return parsed.hostname, port
-
-
-def _probe(address: str, host: str, port: int) -> None:
-    """A plain TCP connection to the address, or one UsageError line saying why not."""
+def _probe(address: str, target: str, via: str = "") -> None:
+    """A plain TCP connection to ``target``, or one SettingError line saying why not."""
     import threading
 
-    outcome: list[BaseException | None] = []
+    parsed = urlparse(target if "://" in target else f"tcp://{target}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if parsed.scheme not in ("ray", "tcp") or not host or port is None:
+        raise SettingError("address", f"{via}{target}: give {ADDRESSES}", address)
+    outcome: list[OSError | None] = []
 
     def connect() -> None:  # in a thread: a name lookup has no timeout of its own
         try:
@@ -487,14 +404,14 @@ def _probe(address: str, host: str, port: int) -> None:
     error = outcome[0] if outcome else TimeoutError()
     if error is None:
         return
+    where = f"{via}{target}: " if via else ""
     if isinstance(error, socket.gaierror):
-        raise UsageError(f"--ray {address}: unknown host '{host}'")
-    if isinstance(error, TimeoutError):
-        raise UsageError(
-            f"--ray {address}: no answer from {host}:{port} within {_CONNECT_TIMEOUT_S:g} s"
-        )
-    reason = getattr(error, "strerror", None) or error
-    raise UsageError(f"--ray {address}: cannot connect to {host}:{port} ({reason})")
+        reason = f"unknown host '{host}'"
+    elif isinstance(error, TimeoutError):
+        reason = f"no answer from {host}:{port} within {_CONNECT_TIMEOUT_S:g} s"
+    else:
+        reason = f"cannot connect to {host}:{port} ({error.strerror or error})"
+    raise SettingError("address", where + reason, address)
 
 
 def _quiet_data(ray: Any) -> None:
@@ -546,7 +463,7 @@ def _plan(
     for row in sorted(dataset.take_all(), key=lambda row: row["group"]):
         result = json.loads(row["result"])
         if "error" in result:
-            raise _ERRORS[result["kind"]](result["error"])
+            _raise(result)
         scanned.extend(result["sources"])
     return parts.plan_parts(scanned, part_size)
 
@@ -566,14 +483,15 @@ def _calibrate(
     if encode["precision"] not in ("int8", "uint8"):
         return None
     if manifest["texts"] < 2:
-        raise UsageError(
-            f"--precision {encode['precision']} calibrates its ranges on the texts "
-            "themselves: give at least two"
+        raise SettingError(
+            "precision",
+            "calibrates its ranges on the texts themselves: give at least two",
+            encode["precision"],
         )
     task = ray.remote(num_gpus=gpus, num_cpus=cpus)(_calibration_ranges)
     result = json.loads(ray.get(task.remote(json.dumps(manifest), options, encode)))
     if "error" in result:
-        raise _ERRORS[result["kind"]](result["error"])
+        _raise(result)
     return result["ranges"]
 
 
@@ -621,7 +539,7 @@ class _PartWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         rows: list[dict[str, Any]] = []
         for number in batch["part"]:
-            row = {"part": int(number), "error": "", "kind": "", **_PART_ROW}
+            row = {"part": int(number), "error": "", "kind": "", "setting": "", **_PART_ROW}
             try:
                 row.update(self._write(int(number)))
             except CliError as failure:
@@ -645,7 +563,16 @@ class _PartWorker:
         encode = self.manifest["settings"]
         before = self.embedder.truncated
         waited = {"read_s": 0.0, "embed_s": 0.0, "write_s": 0.0}
-        metadata = {**encode, "run": self.manifest["run"], "part": number}
+        from modernbert_cli import __version__
+
+        metadata = {  # what a part is, for whoever reads it without the manifest
+            **encode,
+            "dimensions": encode["truncate_dim"] or self.embedder.dimensions,  # loads it
+            "similarity": self.embedder.similarity_fn_name,
+            "modernbert_cli": __version__,
+            "run": self.manifest["run"],
+            "part": number,
+        }
         chunks = _read_ahead(_chunked(parts.iter_part(self.manifest, part), CHUNK_TEXTS))
         with (  # the executor closes first: no write is in flight when the file is closed
             ParquetEmbeddingsWriter(folder.path(part["name"]), metadata) as writer,
@@ -784,7 +711,7 @@ def _embed_parts(
             rows = iter(dataset.iter_rows())
             for row in rows:
                 if row["error"]:
-                    raise _ERRORS[row["kind"]](row["error"])
+                    _raise(row)
                 number = int(row["part"])
                 done.add(number)
                 fresh += planned[number]["texts"]
@@ -812,9 +739,21 @@ def _embed_parts(
 
 
 def _error(error: CliError) -> dict[str, str]:
-    """A CliError as data: what a Ray task hands back instead of a wrapped traceback."""
+    """A CliError as data (strings only, as every row of a worker has them): what a Ray
+    task hands back instead of a wrapped traceback."""
+    setting = ""
+    if isinstance(error, SettingError):
+        value = [error.value] if error.has_value else []  # a value, or none given
+        setting = json.dumps([error.setting, error.template, *value], default=str)
     kind = next((name for name, cls in _ERRORS.items() if isinstance(error, cls)), "UsageError")
-    return {"error": str(error), "kind": kind}
+    return {"error": str(error), "kind": kind, "setting": setting}
+
+
+def _raise(result: dict[str, Any]) -> None:
+    """Raise again, in the driver, an error a task or worker handed back as data."""
+    if result.get("setting"):
+        raise SettingError(*json.loads(result["setting"]))
+    raise _ERRORS[result["kind"]](result["error"])
 
 
 def _first_line(error: BaseException) -> str:

@@ -28,7 +28,7 @@ from conftest import ROOT  # noqa: E402
 
 from modernbert_cli import distributed  # noqa: E402
 from modernbert_cli.distributed import RayProgress, run_ray_embed  # noqa: E402
-from modernbert_cli.errors import UsageError  # noqa: E402
+from modernbert_cli.errors import InputError, SettingError, UsageError  # noqa: E402
 from modernbert_cli.inputs import InputSpec, read_texts  # noqa: E402
 from modernbert_cli.parquet import iter_parquet_texts, read_embeddings  # noqa: E402
 
@@ -124,17 +124,17 @@ def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UsageError) as error:
         run_ray_embed(["in.txt"], "out", embedder_options={"model": "minilm"})
-    assert str(error.value) == "--ray needs Ray: pip install 'modernbert-cli[ray]'"
+    assert str(error.value) == "Ray is not installed: pip install 'modernbert-cli[ray]'"
 
 
 @pytest.mark.parametrize(
     ("address", "message"),
     [
-        ("ray://nowhere:1", "--ray ray://nowhere:1: unknown host 'nowhere'"),
-        ("ray://127.0.0.1:1", "--ray ray://127.0.0.1:1: cannot connect to 127.0.0.1:1"),
-        ("127.0.0.1:1", "--ray 127.0.0.1:1: cannot connect to 127.0.0.1:1"),
-        ("nowhere", "--ray nowhere: give local, auto, ray://HOST:PORT or HOST:PORT"),
-        ("http://host:1", "--ray http://host:1: give local, auto"),
+        ("ray://nowhere:1", "address='ray://nowhere:1': unknown host 'nowhere'"),
+        ("ray://127.0.0.1:1", "address='ray://127.0.0.1:1': cannot connect to 127.0.0.1:1"),
+        ("127.0.0.1:1", "address='127.0.0.1:1': cannot connect to 127.0.0.1:1"),
+        ("nowhere", "address='nowhere': nowhere: give local, auto, ray://HOST:PORT or HOST:PORT"),
+        ("http://host:1", "address='http://host:1': http://host:1: give local, auto"),
     ],
 )
 def test_a_bad_address_is_refused_before_ray_tries_it(
@@ -163,7 +163,7 @@ def test_auto_checks_the_address_in_ray_address(tmp_path, tiny_model, monkeypatc
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was called"))
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     (tmp_path / "in.txt").write_text("a text\n")
-    with pytest.raises(UsageError, match=r"RAY_ADDRESS=127\.0\.0\.1:1\): cannot connect"):
+    with pytest.raises(SettingError, match=r"'auto': RAY_ADDRESS=127\.0\.0\.1:1: cannot connect"):
         run_ray_embed(
             [str(tmp_path / "in.txt")],
             str(tmp_path / "out"),
@@ -175,20 +175,21 @@ def test_auto_checks_the_address_in_ray_address(tmp_path, tiny_model, monkeypatc
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"workers": 0}, "--workers must be at least 1"),
-        ({"part_size": 0}, "--part-size must be at least 1"),
-        ({"gpus_per_worker": -1}, "--gpus-per-worker cannot be negative"),
-        ({"precision": "float16"}, "--precision float16: choose from float32"),
-        ({"prompt": "q: ", "prompt_name": "query"}, "--prompt and --prompt-name exclude"),
-        ({"prompt_name": "query"}, "--prompt-name 'query': model"),
-        ({"embedder_options": {"model": "x", "device": "cuda"}}, "needs --gpus-per-worker"),
+        ({"workers": 0}, "workers=0: must be at least 1"),
+        ({"part_size": 0}, "part_size=0: must be at least 1"),
+        ({"gpus_per_worker": -1}, "gpus_per_worker=-1: cannot be negative"),
+        ({"precision": "float16"}, "precision='float16': choose from float32"),
+        ({"prompt": "q: ", "prompt_name": "query"}, "prompt: cannot be given with prompt_name"),
+        ({"prompt_name": "query"}, "prompt_name='query': model"),
+        ({"embedder_options": {"model": "x", "device": "cuda"}}, "device='cuda': needs gpus_per"),
     ],
 )
 def test_bad_options_are_refused_before_anything_starts(tmp_path, tiny_model, options, message):
     (tmp_path / "in.txt").write_text("a text\n")
     kwargs = {"embedder_options": {"model": tiny_model}, "address": "ray://nowhere:1", **options}
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(SettingError) as error:
         run_ray_embed([str(tmp_path / "in.txt")], str(tmp_path / "out"), **kwargs)
+    assert str(error.value).startswith(message)
 
 
 # --- on a local Ray ------------------------------------------------------------------------
@@ -423,7 +424,7 @@ class _Cluster:
         ("local", {"CPU": 2}, (4, 0, 1), 2, "4 workers do not fit on this machine: running 2"),
         ("local", {"CPU": 16, "GPU": 2}, (4, 1, 2), 2, "running 2"),
         ("ray://head:10001", {"CPU": 2}, (4, 0, 1), 4, "the cluster holds 2 of the 4 workers"),
-        ("ray://head:10001", {"CPU": 8}, (2, 1, 1), 2, "Ray has 0 GPUs for now; waiting"),
+        ("ray://head:10001", {"CPU": 8}, (2, 1, 1), 2, "has 0 GPUs for now, a worker needs 1"),
     ],
 )
 def test_workers_fit_what_ray_has(address, resources, asked, workers, note):
@@ -450,13 +451,13 @@ def test_compile_auto_is_decided_for_a_workers_share(device, compile, texts, wor
 
 
 def test_a_local_ray_without_the_gpus_asked_for_is_refused():
-    with pytest.raises(UsageError, match="--gpus-per-worker 1: Ray has 0 GPUs"):
+    with pytest.raises(SettingError, match="gpus_per_worker=1: this machine's Ray has 0 GPUs"):
         distributed._fit_workers(_Cluster(CPU=2), "local", 1, 1, 1, print)
 
 
 def test_the_worker_factory_is_the_one_place_that_builds_the_model(monkeypatch):
     built = []
-    monkeypatch.setattr(distributed, "_EncoderEmbedder", lambda **o: built.append(o) or "emb")
+    monkeypatch.setattr(distributed, "Embedder", lambda **o: built.append(o) or "emb")
     assert distributed._make_embedder({"model": "m", "dtype": "float32"}) == "emb"
     assert built == [{"model": "m", "dtype": "float32"}]
 
@@ -509,6 +510,24 @@ def test_a_worker_hands_back_an_input_error_and_leaves_no_part(tmp_path, tiny_mo
     assert row["kind"] == ["InputError"]
     assert row["error"] == [f"{paths[0]}: has changed since the run began"]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SettingError("truncate_dim", "must be between 1 and the model's 32 dimensions", 99),
+        SettingError("prompt", "cannot be given with {prompt_name}"),
+        InputError("a.txt:3: invalid UTF-8 (byte 0xff); convert it to UTF-8"),
+    ],
+)
+def test_an_error_in_a_worker_is_raised_again_in_the_driver_as_itself(error):
+    data = distributed._error(error)
+    assert all(isinstance(v, str) for v in data.values())  # one type per column
+    with pytest.raises(type(error)) as again:
+        distributed._raise(json.loads(json.dumps(data)))
+    assert str(again.value) == str(error)
+    if isinstance(error, SettingError):
+        assert again.value.worded(lambda n: f"--{n}") == error.worded(lambda n: f"--{n}")
 
 
 def test_read_ahead_keeps_order_and_raises_where_the_reader_failed():
