@@ -4,7 +4,7 @@
 
 On the same texts (a file of short synthetic passages) it times:
 
-- ``one process``: the engine as one-process ``embed`` runs it (``Encoder``, no cache),
+- ``one process``: the engine as one-process ``embed`` runs it (``Embedder``, no cache),
   model load included, all cores to one process;
 - ``ray, N workers``: ``run_ray_embed(address="local")`` into a fresh folder, all
   included: starting Ray, scanning the input, starting the workers, loading the model in
@@ -75,14 +75,12 @@ def main() -> None:
 
 
 def _one_process(model: str, texts: list[str]) -> tuple[float, float]:
-    from modernbert_cli import model as model_loading
-    from modernbert_cli.encoder import Encoder
-    from modernbert_cli.model import ModelSpec
+    from modernbert_cli import Embedder
 
     start = time.perf_counter()
-    encoder = Encoder(model_loading.load(ModelSpec(model, "cpu")), model, ["cpu"])
+    embedder = Embedder(model, device="cpu", cache=False, server=False).load()
     begun = time.perf_counter()
-    encoder.encode(texts)
+    embedder.embed(texts)
     end = time.perf_counter()
     return len(texts) / (end - start), len(texts) / (end - begun)
 

@@ -154,8 +154,7 @@ def run_ray_embed(
         "prompt": prompt,
         "prompt_name": prompt_name,
     }
-    settings = {**_describe(options), **encode}  # a bad model path fails here, before Ray
-    _check_prompts(options, prompt, prompt_name)
+    _check_prompts(options, prompt, prompt_name)  # a bad model path fails here, before Ray
     sources = parts.list_inputs(inputs)
     out = parts.OutputFolder(output_dir)
     previous = out.manifest()
@@ -169,10 +168,8 @@ def run_ray_embed(
     shutdown = _connect(ray, address, note)
     try:
         workers = _fit_workers(ray, address, workers, gpus_per_worker, cpus_per_worker, note)
-        dtype = _resolve_dtype(ray, options, gpus_per_worker, cpus_per_worker)
-        if dtype != options.get("dtype"):
-            options["dtype"] = dtype
-            settings = {**_describe(options), **encode}
+        options["dtype"] = _resolve_dtype(ray, options, gpus_per_worker, cpus_per_worker)
+        settings = {**_describe(options), **encode}
         run_id = parts.fingerprint({"settings": settings, "part_size": part_size, **shape})
         if previous is not None and previous.get("run") == run_id:
             manifest = previous
@@ -243,12 +240,13 @@ def _describe(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_prompts(options: dict[str, Any], prompt: str | None, prompt_name: str | None) -> None:
-    """A prompt name the model does not define is refused now, not by every worker
-    (when the driver has the model's files; else the first worker refuses it)."""
+    """The model is there, and a prompt name it does not define is refused now, not by
+    every worker (when the driver has the model's files; else the first worker does)."""
     from modernbert_cli.model import ModelFiles
 
+    embedder = Embedder(**options)  # a bad path fails here, torch-free
     if prompt_name is not None and ModelFiles.find(options["model"]).directory is not None:
-        Embedder(**options).check(prompt=prompt, prompt_name=prompt_name)
+        embedder.check(prompt=prompt, prompt_name=prompt_name)
 
 
 def _worker_options(options: dict[str, Any], gpus_per_worker: float) -> dict[str, Any]:

@@ -409,6 +409,21 @@ def _wait_until_still(folder: Path, quiet_s: float = 3.0, limit_s: float = 60.0)
             seen, since = now, time.monotonic()
 
 
+def test_a_model_that_is_not_there_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    import ray
+
+    from modernbert_cli.errors import ModelError
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was called"))
+    (tmp_path / "in.txt").write_text("a text\n")
+    with pytest.raises(ModelError, match="no-such-model"):
+        run_ray_embed(
+            [str(tmp_path / "in.txt")],
+            str(tmp_path / "out"),
+            embedder_options={"model": str(tmp_path / "no-such-model")},
+        )
+
+
 class _Cluster:
     def __init__(self, **resources: float) -> None:
         self.resources = resources
