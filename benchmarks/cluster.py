@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -53,12 +54,15 @@ def main() -> None:
     print(f"{args.texts} texts of 8-40 words, model {args.model}, {cores} cores, ", end="")
     print(f"part size {args.part_size}")
 
-    rows = [("one process", *_one_process(model, texts))]
-    splits = []
-    for workers in (int(w) for w in args.workers.split(",")):
-        total, steady, split = _ray(model, source, work, workers, args)
-        rows.append((f"ray, {workers} worker(s)", total, steady))
-        splits.append((workers, split))
+    try:
+        rows = [("one process", *_one_process(model, texts))]
+        splits = []
+        for workers in (int(w) for w in args.workers.split(",")):
+            total, steady, split = _ray(model, source, work, workers, args)
+            rows.append((f"ray, {workers} worker(s)", total, steady))
+            splits.append((workers, split))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     base_total, base_steady = rows[0][1], rows[0][2]
     print(f"\n{'path':<20} {'end to end':>14} {'ratio':>7} {'steady':>14} {'ratio':>7}")
