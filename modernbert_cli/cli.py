@@ -297,6 +297,62 @@ QuietOpt = Annotated[
 ]
 
 
+_CLUSTER = "Cluster (Ray)"
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Embed on Ray: local (start Ray here), auto (join RAY_ADDRESS), ray://HOST:PORT "
+        "or HOST:PORT. -o names a folder of Parquet parts; a rerun writes only missing parts.",
+        rich_help_panel=_CLUSTER,
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        metavar="N",
+        help="Ray workers, each loading the model once.",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-worker",
+        min=0,
+        metavar="F",
+        help="GPUs per Ray worker (0: CPU workers; 0.5: two share a GPU).",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+CpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option(
+        "--cpus-per-worker",
+        min=0,
+        metavar="F",
+        help="CPUs per Ray worker: its threads (give GPU workers 4 or more).",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+PartSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--part-size",
+        min=1,
+        metavar="N",
+        help="Texts per part file \\[default: 10,000 for CPU workers, 500,000 for GPU workers; "
+        "a rerun keeps the folder's own].",
+        rich_help_panel=_CLUSTER,
+        show_default=False,
+    ),
+]
+
+
 def _format_option(formats: Sequence[str], default: str) -> Any:
     return Annotated[
         Literal[tuple(formats)] | None,  # type: ignore[valid-type]
@@ -578,6 +634,11 @@ def embed(
             rich_help_panel="Model",
         ),
     ] = None,
+    ray: RayOpt = None,
+    workers: WorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    part_size: PartSizeOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -585,6 +646,23 @@ def embed(
     from modernbert_cli.embedder import chunks
 
     session = Session.start(quiet)
+    options = {
+        "normalize": normalize,
+        "precision": precision,
+        "truncate_dim": truncate_dim,
+        "prompt": prompt,
+        "prompt_name": prompt_name,
+    }
+    if ray is not None:
+        if texts or documents or as_passages or fmt not in (None, "parquet") or not inputs:
+            raise UsageError(
+                "--ray reads files given with -i (no text arguments, stdin, --documents or "
+                "--passages) and writes Parquet parts to the folder given with -o"
+            )
+        cluster = {"address": ray, "workers": workers, "part_size": part_size}
+        cluster |= {"gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker}
+        _embed_on_ray(session, settings_of(ctx), inputs, output, field, column, cluster, options)
+        return
     fmt = render.choose_format(
         fmt, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
     )
@@ -595,13 +673,6 @@ def embed(
     if not split.on:  # passages are read as they are embedded, checked once the model is known
         found = scan(spec, session.stdin)
         session.report_skipped(found.skipped)
-    options = {
-        "normalize": normalize,
-        "precision": precision,
-        "truncate_dim": truncate_dim,
-        "prompt": prompt,
-        "prompt_name": prompt_name,
-    }
     expected = found.count if found else None
     with session.embedder(settings_of(ctx), expected) as embedder:
         embedder.check(**options)
@@ -621,6 +692,48 @@ def embed(
             writer.close()
     session.report_skipped(skipped)
     session.report_truncated(embedder, writer.count)
+
+
+def _embed_on_ray(
+    session: Session,
+    settings: Settings,
+    inputs: list[str],
+    output: str | None,
+    field: str | None,
+    column: str | None,
+    cluster: dict[str, Any],
+    options: dict[str, Any],
+) -> None:
+    """``embed --ray``: the files, on a pool of Ray workers, into a folder of Parquet parts."""
+    from dataclasses import asdict
+
+    from modernbert_cli.distributed import run_ray_embed
+
+    if output is None:
+        raise UsageError("--ray writes a folder of Parquet parts: name it with -o DIR")
+    try:
+        result = run_ray_embed(
+            inputs,
+            output,
+            embedder_options=asdict(settings),
+            field=field,
+            column=column,
+            progress=lambda progress: session.note(progress.line()),
+            note=session.note,
+            **cluster,
+            **options,
+        )
+    except SettingError as error:
+        if error.setting != "address":
+            raise
+        raise UsageError(f"--ray {error.value}: {error.reason}") from None
+    session.note(
+        f"{output}: {result.texts:,} texts in {result.parts_total} part(s) "
+        f"({result.parts_written} written now, {result.parts_kept} kept) "
+        f"in {result.seconds:,.0f} s"
+    )
+    if result.truncated:
+        session.note(f"[yellow]{result.truncated} text(s) were truncated[/] (see --max-seq-length)")
 
 
 # --- similar -----------------------------------------------------------------------------

@@ -557,3 +557,53 @@ def test_read_ahead_keeps_order_and_raises_where_the_reader_failed():
             got.append(chunk)
     assert got == [[1], [2]]
     assert list(distributed._read_ahead(iter([[1], [2], [3]]))) == [[1], [2], [3]]
+
+
+# --- through the command line ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["a text"], "--ray reads files given with -i"),
+        (["-i", "x.txt", "--documents"], "--ray reads files given with -i"),
+        (["-i", "x.txt", "-f", "jsonl"], "--ray reads files given with -i"),
+        (["-i", "x.txt"], "name it with -o DIR"),
+    ],
+)
+def test_embed_ray_usage_errors_come_before_ray(cli, no_model, args, message, monkeypatch):
+    monkeypatch.setattr(distributed, "_import_ray", lambda: pytest.fail("Ray was started"))
+    result = cli("embed", "--ray", "local", *args)
+    assert result.code == 2, result.stderr
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_embed_ray_bad_address_is_one_line_naming_the_option(cli, tiny_model, tmp_path):
+    (tmp_path / "a.txt").write_text("a cat\n")
+    result = cli(
+        "embed", "--ray", "nowhere::", "-i", str(tmp_path / "a.txt"), "-o", str(tmp_path / "out"),
+        "-m", tiny_model,
+    )  # fmt: skip
+    assert result.code == 2, result.stderr
+    assert result.stderr.startswith("modernbert-cli: error: --ray nowhere::")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_embed_ray_from_the_command_line(cli, ray_session, tiny_model, tmp_path):
+    paths = write_inputs(tmp_path / "inputs")
+    out = tmp_path / "out"
+    args = ["embed", "--ray", "local", "--workers", "2", "--part-size", "7"]
+    args += [x for path in paths for x in ("-i", path)]
+    result = cli(*args, "-o", str(out), "-m", tiny_model, "--device", "cpu")
+    assert result.code == 0, result.stderr
+    assert result.stdout == ""  # data went to the folder; notes to stderr
+    texts = expected_texts(paths)
+    assert f"{len(texts):,} texts in " in result.stderr
+    saved = read_embeddings(str(out))
+    assert saved.texts == texts
+    np.testing.assert_allclose(saved.embeddings, one_process(tiny_model, texts), atol=1e-5)
+    again = cli(*args, "-o", str(out), "-m", tiny_model, "--device", "cpu")
+    assert again.code == 0, again.stderr
+    assert "(0 written now," in again.stderr
