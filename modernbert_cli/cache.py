@@ -1,8 +1,9 @@
 """A persistent embedding cache: a real SQLite file, so no text is embedded twice.
 
-Keys are a *fingerprint* of everything that changes a vector (the model's files
-and their sizes and times, ``max_seq_length``, the prompt, the precision the
-model runs in) and a hash of the text. Values are the model's float32 output,
+Keys are a *fingerprint* (:func:`modernbert_cli.model.fingerprint`) of everything
+that changes a vector (the model's files and their sizes and times,
+``max_seq_length``, the prompt, the precision the model runs in) and a hash of the
+text. Values are the model's float32 output,
 stored exactly, so cached numbers equal freshly computed ones bit for bit; each
 row carries a CRC of its key and bytes, and a row that fails it is never returned.
 
@@ -19,7 +20,6 @@ The file is bounded (``max_bytes``); the least recently used rows go first.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import sys
@@ -82,28 +82,6 @@ def text_key(text: str) -> bytes:
     import hashlib
 
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
-def fingerprint(model_dir: Path | None, name: str, settings: dict[str, Any]) -> str:
-    """Everything that changes a vector: the model's files (path, size, mtime) and settings.
-
-    Rewriting the weights under the same path changes their size or time, and so the
-    fingerprint: an old vector is never served for a new model.
-    """
-    import hashlib
-
-    files: list[tuple[str, int, int]] = []
-    if model_dir is not None:
-        for path in sorted(model_dir.rglob("*")):
-            if path.is_file() and not any(part.startswith(".") for part in path.parts[-2:]):
-                stat = path.stat()  # follows the hub cache's links to its blobs
-                files.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
-    payload = {
-        "model": str(model_dir.resolve()) if model_dir else name,
-        "files": files,
-        **settings,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ server-backed run never pays for torch at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from itertools import chain, islice
@@ -101,11 +101,23 @@ class Embedder:
             effective_dtype(self.settings.device, self.settings.dtype)
         )
 
+    def files_fingerprint(self) -> str:
+        """The model's files (path, sizes, times) and the settings that change its vectors."""
+        from modernbert_cli.model import fingerprint
+
+        if self._files.directory is None:  # a hub model: it may have been fetched since
+            self._files = self._files.refreshed()
+        return fingerprint(self._files.directory, self.name, self.vector_settings())
+
     def server_key(self) -> str:
-        """Which warm server may answer for this Embedder: same model, same settings."""
+        """Which warm server may answer for this Embedder: same model, settings and files.
+
+        New weights under the same path make a new key: a server still running the old
+        ones is never asked (and its vectors never cached as the new model's).
+        """
         from modernbert_cli.client import server_key
 
-        return server_key(self.name, self.vector_settings())
+        return server_key(self.name, self.vector_settings(), self.files_fingerprint())
 
     @property
     def encoder(self) -> Encoder:
@@ -262,6 +274,10 @@ class Embedder:
         self.encoder.check(options)
         return self.encoder.encode(_strings(texts), options, role=role)
 
+    def prompt_text(self, role: Role | None = None, **options: Any) -> str:
+        """The text put before each input by ``embed`` with these options ("" for none)."""
+        return self.encoder.prompt_text(self._options(**options), role)
+
     def check(self, **options: Any) -> None:
         """Refuse ``embed`` options that cannot work with this model, before any work."""
         self.encoder.check(self._options(**options))
@@ -274,14 +290,15 @@ class Embedder:
         top_k: int | None = 10,
         threshold: float | None = None,
         metric: str | None = None,
+        distinct: Callable[[Any], Hashable] | None = None,
     ) -> list[Hit]:
         """The corpus ranked by similarity to ``query``, best first (``top_k`` of them).
 
         Each hit has ``.rank``, ``.score``, ``.text``, ``.source`` and ``.index``.
         """
-        return self.similar_many([query], corpus, top_k=top_k, threshold=threshold, metric=metric)[
-            0
-        ]
+        return self.similar_many(
+            [query], corpus, top_k=top_k, threshold=threshold, metric=metric, distinct=distinct
+        )[0]
 
     def similar_many(
         self,
@@ -292,18 +309,24 @@ class Embedder:
         threshold: float | None = None,
         metric: str | None = None,
         corpus_embeddings: np.ndarray | None = None,
+        distinct: Callable[[Any], Hashable] | None = None,
     ) -> list[list[Hit]]:
         """For each query, the best corpus items; the corpus is embedded once, streamed.
 
         ``corpus`` may be any iterable of strings or :class:`~modernbert_cli.inputs.Text`
         (memory holds one chunk of it and the best ``top_k`` per query). With
         ``corpus_embeddings``, those rows are scored and ``corpus`` only labels them.
+        ``distinct`` keeps only the best of items with the same key, e.g. one passage
+        per file: ``distinct=lambda passage: passage.path``.
         """
+        metric = metric or self.similarity_fn_name
         if corpus_embeddings is None:
-            metric = metric or self.similarity_fn_name
-            answered, corpus = self._similar_on_server(queries, corpus, top_k, threshold, metric)
-            if answered is not None:
-                return answered
+            if distinct is None:
+                answered, corpus = self._similar_on_server(
+                    queries, corpus, top_k, threshold, metric
+                )
+                if answered is not None:
+                    return answered
             return rank(
                 lambda texts, role: self.embed(texts, role=role),
                 _strings(queries),
@@ -311,11 +334,12 @@ class Embedder:
                 top_k=top_k,
                 threshold=threshold,
                 metric=metric,
+                distinct=distinct,
             )
         from modernbert_cli.scoring import TopK
 
         query_vectors = self.embed(_strings(queries), role="query")
-        best = TopK(len(queries), metric or self.similarity_fn_name, k=top_k, threshold=threshold)
+        best = TopK(len(queries), metric, k=top_k, threshold=threshold, distinct=distinct)
         made, makes = corpus_embeddings.shape[1], query_vectors.shape[1]
         if made != makes:
             raise SettingError(
@@ -438,6 +462,7 @@ def rank(
     top_k: int | None,
     threshold: float | None,
     metric: str,
+    distinct: Callable[[Any], Hashable] | None = None,
 ) -> list[list[Hit]]:
     """For each query, the best of ``corpus`` (streamed a chunk at a time) by ``metric``.
 
@@ -447,7 +472,7 @@ def rank(
     from modernbert_cli.scoring import TopK
 
     query_vectors = embed(queries, "query")
-    best = TopK(len(queries), metric, k=top_k, threshold=threshold)
+    best = TopK(len(queries), metric, k=top_k, threshold=threshold, distinct=distinct)
     for chunk in chunks(corpus):
         best.add(query_vectors, embed(_strings(chunk), "document"), chunk)
     return best.results()

@@ -16,7 +16,6 @@ counts what a command-line user needs to know: the texts cut at the token limit.
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -85,8 +84,6 @@ class Encoder:
         self._counts: dict[str, list[int]] = {}  # fingerprint -> [hits, misses]
         self._model: Any = None
         self._engine: Engine | None = None
-        # The model runs one batch at a time, whoever asks (the server's clients).
-        self._model_lock = threading.Lock()
         if model is not None:
             self._attach(model, list(devices or [str(model.device)]))
 
@@ -138,10 +135,13 @@ class Encoder:
         """The model's own prompt for ``role`` ("" when it has none)."""
         return self.prompts.get(role) or ""
 
-    def sharing(self, cache: EmbeddingCache | None) -> Encoder:
-        """An Encoder on the same model with ``cache`` and counts of its own (one request's)."""
+    def sharing(self, cache: EmbeddingCache | None, server: Any = None) -> Encoder:
+        """An Encoder on the same model with ``cache``, ``server`` and counts of its own.
+
+        The warm server answers a client's request with one, its model behind ``server``.
+        """
         twin = copy.copy(self)
-        twin.cache, twin.server, twin.progress = cache, None, None
+        twin.cache, twin.server, twin.progress = cache, server, None
         twin.truncated = twin.hits = twin.misses = 0
         twin._ranges, twin._counts = {}, {}
         return twin
@@ -254,21 +254,20 @@ class Encoder:
         self, texts: Sequence[str], prompt: str, role: Role | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The model's float32 vectors for ``prompt + text``, and which texts were truncated."""
-        with self._model_lock:
-            engine = self.engine  # loads the model on first need
-            if engine is None:
-                truncated = self._token_lengths(texts, prompt) > int(self.model.max_seq_length)
-                return self._encode_with_sentence_transformers(texts, prompt, role), truncated
-            counts = engine.token_counts(texts, prompt)
-            truncated = counts.tokens > engine.max_seq_length
-            vectors = engine.encode(
-                texts, prompt=prompt or None, task=role, counts=counts, progress=self.progress
-            )
-            return vectors, truncated
+        engine = self.engine  # loads the model on first need
+        if engine is None:
+            truncated = self._token_lengths(texts, prompt) > int(self.model.max_seq_length)
+            return self._encode_with_sentence_transformers(texts, prompt, role), truncated
+        counts = engine.token_counts(texts, prompt)
+        truncated = counts.tokens > engine.max_seq_length
+        vectors = engine.encode(
+            texts, prompt=prompt or None, task=role, counts=counts, progress=self.progress
+        )
+        return vectors, truncated
 
     def fingerprint(self, options: EncodeOptions, role: Role | None) -> str:
         """The cache key of the model as it runs now, with this prompt (and task)."""
-        from modernbert_cli.cache import fingerprint
+        from modernbert_cli.model import fingerprint
 
         files = self.files
         if files is not None and files.directory is None:

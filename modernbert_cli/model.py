@@ -12,7 +12,6 @@ that need them: importing them here would cost seconds on every ``--help``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import warnings
@@ -126,6 +125,29 @@ class ModelFiles:
             if isinstance(value, int) and 0 < value < 1 << 32:
                 return value
         return None
+
+
+def fingerprint(model_dir: Path | None, name: str, settings: dict[str, Any]) -> str:
+    """Everything that changes a vector: the model's files (path, size, mtime) and settings.
+
+    Rewriting the weights under the same path changes their size or time, and so the
+    fingerprint: an old vector is never served for a new model. (The embedding cache
+    keys on it, and the warm server's key holds it.)
+    """
+    import hashlib
+
+    files: list[tuple[str, int, int]] = []
+    if model_dir is not None:
+        for path in sorted(model_dir.rglob("*")):
+            if path.is_file() and not any(part.startswith(".") for part in path.parts[-2:]):
+                stat = path.stat()  # follows the hub cache's links to its blobs
+                files.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
+    payload = {
+        "model": str(model_dir.resolve()) if model_dir else name,
+        "files": files,
+        **settings,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def canonical_name(name: str) -> str:
@@ -284,6 +306,8 @@ def pick_devices(requested: str) -> list[str]:
 
 def quiet_libraries() -> None:
     """Keep library chatter (tokenizer warnings, load reports) off the terminal."""
+    import logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for name in ("sentence_transformers", "transformers", "huggingface_hub", "accelerate"):

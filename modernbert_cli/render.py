@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from modernbert_cli.hits import Hit
 
 EMBED_FORMATS = ("table", "jsonl", "json", "csv", "tsv", "npy")
-SIMILAR_FORMATS = ("table", "jsonl", "json", "csv", "tsv")
+SIMILAR_FORMATS = ("table", "jsonl", "json", "csv", "tsv", "grep")
 MATRIX_FORMATS = ("table", "list", "jsonl", "json", "csv", "tsv", "npy")
 
 _SUFFIX_FORMATS = {
@@ -155,6 +155,38 @@ def _json_line(stream: IO[str], record: dict[str, Any]) -> None:
     stream.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _place(item: Any) -> dict[str, Any]:
+    """A passage's file and line range, for JSON records (nothing for other texts)."""
+    if getattr(item, "path", None) is None or getattr(item, "start", None) is None:
+        return {}
+    return {"path": item.path, "lines": [item.start, item.end]}
+
+
+def _location(item: Any, width: int = 28) -> str:
+    """Where an item is, for a table cell of ``width``: a passage's ``PATH:START-END`` with
+    the path cut in the middle, so that its file name and lines stay in sight."""
+    source = str(getattr(item, "source", "") or "")
+    path = getattr(item, "path", None)
+    if path is None or len(source) <= width:
+        return source
+    tail = source[len(path) :]  # ":START-END"
+    name = os.path.basename(path)
+    room = width - len(tail) - len(name) - 2  # "…/" before the file name
+    if room < 4:  # not even the name fits: keep its end
+        return "…" + (name + tail)[-(width - 1) :]
+    head = path[: len(path) - len(name) - 1]
+    return f"{head[: room // 2]}…{head[len(head) - (room - room // 2) :]}/{name}{tail}"
+
+
+def _grep_line(item: Any) -> str:
+    """``PATH:LINE`` as grep and ripgrep print it (editors open it there: vim -q, VS Code)."""
+    if getattr(item, "path", None) is not None and getattr(item, "start", None) is not None:
+        return f"{item.path}:{item.start}"
+    source = str(getattr(item, "source", "") or "")
+    where, _, line = source.rpartition(":")
+    return source if where and line.isdigit() else f"{source}:1"
+
+
 # --- embed -------------------------------------------------------------------------------
 
 
@@ -185,7 +217,7 @@ class EmbeddingsWriter:
                 self._write_row([t.text, t.source, *e.tolist()])
         else:
             for n, (t, e) in enumerate(zip(texts, embeddings, strict=True), self.count):
-                record = {"text": t.text, "source": t.source, "model": self.model}
+                record = {"text": t.text, "source": t.source, **_place(t), "model": self.model}
                 line = json.dumps({**record, "embedding": e.tolist()}, ensure_ascii=False)
                 if self.fmt == "jsonl":
                     self.stream.write(line + "\n")
@@ -262,7 +294,12 @@ def _embeddings_table(stream: IO[str], texts: Sequence[Text], embeddings: Any, m
     for i, (t, e, n) in enumerate(zip(texts, embeddings, norms, strict=True), 1):
         head = " ".join(_short_number(v) for v in e[:4].tolist())
         table.add_row(
-            str(i), _line(t.text), _line(t.source, "cyan"), str(e.shape[0]), f"{n:.4f}", head + " …"
+            str(i),
+            _line(t.text),
+            _line(_location(t), "cyan"),
+            str(e.shape[0]),
+            f"{n:.4f}",
+            head + " …",
         )
     _console(stream).print(table)
 
@@ -287,6 +324,12 @@ def write_hits(
         for query, hits in zip(queries, results, strict=True):
             console.print(_hits_table(query, hits, metric))
         return
+    if fmt == "grep":
+        # One line per hit, best first: PATH:LINE: text (on one line), as ripgrep prints.
+        for hits in results:
+            for h in hits:
+                stream.write(f"{_grep_line(h.item)}: {' '.join(h.item.text.split())}\n")
+        return
     rows = (
         {
             "query": q.text,
@@ -294,6 +337,7 @@ def write_hits(
             "score": h.score,
             "text": h.item.text,
             "source": h.item.source,
+            **(_place(h.item) if fmt in ("jsonl", "json") else {}),
         }
         for q, hits in zip(queries, results, strict=True)
         for h in hits
@@ -333,7 +377,7 @@ def _hits_table(query: Text, hits: Sequence[Hit], metric: str) -> Any:
             RichText(f"{hit.score:.4f}", style=colour),
             RichText(_bar(fraction), style=colour),
             _line(hit.item.text),
-            _line(hit.item.source, "cyan"),
+            _line(_location(hit.item), "cyan"),
         )
     return table
 
@@ -527,22 +571,26 @@ def write_cache_stats(stream: IO[str], path: Any, size: int, models: Sequence[An
 
 
 def write_servers(stream: IO[str], servers: Sequence[dict[str, Any]]) -> None:
-    """The running servers, as a table."""
+    """The running servers, as a table (a paused or loading one shows what is known)."""
     import time
 
     from rich.table import Table
 
     table = Table(title="modernbert-cli servers", title_justify="left")
-    for column in ("model", "pid", "requests", "up", "idle timeout", "socket"):
+    columns = ("model", "pid", "state", "requests", "up", "idle timeout", "http", "socket")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("pid", "requests") else "left")
     for server in servers:
-        up = time.time() - server["started"]
+        started, idle = server.get("started"), server.get("idle_timeout")
+        requests = server.get("requests")
         table.add_row(
-            _line(server["model"]),
-            str(server["pid"]),
-            f"{server['requests']:,}",
-            f"{up / 60:.0f} min",
-            f"{server['idle_timeout'] / 60:g} min",
+            _line(server.get("model") or "?"),
+            str(server.get("pid") or "?"),
+            server.get("state", "running"),
+            "?" if requests is None else f"{requests:,}",
+            "?" if started is None else f"{(time.time() - started) / 60:.0f} min",
+            "?" if idle is None else f"{idle / 60:g} min",
+            _line(server.get("http") or "-"),
             _line(server["socket"], "dim"),
         )
     if not servers:
