@@ -401,7 +401,7 @@ def test_stdin_larger_than_the_memory_spool(cli, tiny_model, monkeypatch, encode
             super().rollover()
 
     monkeypatch.setattr(inputs, "_SPOOL_MEMORY", 1024)
-    monkeypatch.setattr(inputs.tempfile, "SpooledTemporaryFile", Spool)
+    monkeypatch.setattr(tempfile, "SpooledTemporaryFile", Spool)  # inputs imports it late
     monkeypatch.setattr(embedder_module, "CHUNK_TEXTS", CHUNK)
     lines = [f"{line} {'padding ' * 8}".strip() for line in STDIN_LINES]
     piped = "".join(f"{line}\n" for line in lines)
