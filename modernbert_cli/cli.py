@@ -20,7 +20,6 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 import typer
-from rich.console import Console
 
 from modernbert_cli import __version__, coercion, passages, render
 from modernbert_cli.errors import (
@@ -44,6 +43,8 @@ from modernbert_cli.inputs import (
 from modernbert_cli.settings import OPTIONS, Metric, Precision, Settings, flag
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from modernbert_cli.embedder import Embedder
     from modernbert_cli.saved import SavedCorpus
 
@@ -375,15 +376,22 @@ class Session:
     """Streams and settings of one invocation, shared by the steps of a command."""
 
     quiet: bool
-    stderr: Console
     stdin: Stdin
     _live: bool = False  # a progress bar is showing: no spinner inside it
+    _stderr: Console | None = None
 
     @classmethod
     def start(cls, quiet: bool) -> Session:
         stream = getattr(sys.stdin, "buffer", None)
         is_tty = bool(sys.stdin is not None and sys.stdin.isatty())
-        return cls(quiet, Console(stderr=True, highlight=False), Stdin(stream, is_tty))
+        return cls(quiet, Stdin(stream, is_tty))
+
+    @property
+    def stderr(self) -> Console:
+        """Rich's console on stderr, made at the first message: a quiet run does without."""
+        if self._stderr is None:
+            self._stderr = _stderr_console()
+        return self._stderr
 
     @property
     def stdout_is_terminal(self) -> bool:
@@ -391,6 +399,8 @@ class Session:
 
     @property
     def stdout_width(self) -> int:
+        from rich.console import Console
+
         return Console().width
 
     def note(self, message: str) -> None:
@@ -434,7 +444,7 @@ class Session:
     @contextmanager
     def progress(self, embedder: Embedder, total: int) -> Iterator[None]:
         """A progress bar on stderr (texts, tokens/s, time left) for jobs worth one."""
-        if self.quiet or not self.stderr.is_terminal or total < _PROGRESS_MIN_TEXTS:
+        if self.quiet or total < _PROGRESS_MIN_TEXTS or not self.stderr.is_terminal:
             yield
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -1324,34 +1334,32 @@ def run(argv: Sequence[str]) -> int:
     """Run the CLI on ``argv``; returns the exit status. The one place errors are printed."""
     argv = list(argv)
     debug = _take_flag(argv, "--debug") or bool(os.environ.get("MODERNBERT_CLI_DEBUG"))
-    stderr = Console(stderr=True, highlight=False)
     try:
         result = _command().main(args=argv, prog_name=PROG, standalone_mode=False)
     except typer.Abort:
-        _error(stderr, "interrupted")
+        _error("interrupted")
         return ExitStatus.INTERRUPTED
     except typer.TyperException as error:  # click's own errors (bad option, bad value)
-        return _click_error(stderr, error)
+        return _click_error(error)
     except StdoutClosed:
         _silence_stdout()
         return ExitStatus.BROKEN_PIPE
     except CliError as error:
         if debug:
             traceback.print_exc()
-        _error(stderr, _message(error))
+        _error(_message(error))
         return error.status
     except Exception as error:
         if debug:
             traceback.print_exc()
             return ExitStatus.ERROR
         _error(
-            stderr,
             f"internal error: {type(error).__name__}: {error}",
             "(run with --debug for details)",
         )
         return ExitStatus.ERROR
     if result == ExitStatus.INTERRUPTED:
-        _error(stderr, "interrupted")
+        _error("interrupted")
     return int(result or 0)
 
 
@@ -1363,16 +1371,16 @@ def _message(error: CliError) -> str:
     return str(error)
 
 
-def _click_error(stderr: Console, error: Exception) -> int:
+def _click_error(error: Exception) -> int:
     code = int(getattr(error, "exit_code", ExitStatus.USAGE))
     if type(error).__name__ == "NoArgsIsHelpError":
         return ExitStatus.USAGE  # the help is already shown; exit 2 as click does
     context = getattr(error, "ctx", None)
     if code == ExitStatus.USAGE and context is not None:
         hint = f"{context.command_path} --help"
-        _error(stderr, error.format_message(), f"(see '{hint}')")
+        _error(error.format_message(), f"(see '{hint}')")
     else:
-        _error(stderr, error.format_message())
+        _error(error.format_message())
     return code
 
 
@@ -1385,13 +1393,21 @@ def _take_flag(argv: list[str], flag: str) -> bool:
     return False
 
 
-def _error(stderr: Console, message: str, hint: str = "") -> None:
+def _stderr_console() -> Console:
+    # Imported here: rich.console costs more than the rest of a warm one-off answer's
+    # own code, and a run with nothing to say never needs it.
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _error(message: str, hint: str = "") -> None:
     from rich.markup import escape
 
     text = f"[bold red]error:[/] {escape(message)}"
     if hint:
         text += f" [dim]{escape(hint)}[/]"
-    stderr.print(f"{PROG}: {text}", soft_wrap=True)
+    _stderr_console().print(f"{PROG}: {text}", soft_wrap=True)
 
 
 def _silence_stdout() -> None:

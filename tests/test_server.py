@@ -44,8 +44,8 @@ from modernbert_cli.errors import ExitStatus, ModelError, UsageError
 
 HEAVY = ("torch", "transformers", "sentence_transformers")
 # What a one-off similar with a warm server and no cache does without: the server ranks,
-# the options are converted without Pydantic, no help is drawn.
-NOT_NEEDED = (*HEAVY, "numpy", "pydantic", "sqlite3", "rich.markdown", "typer.rich_utils")
+# the options are converted without Pydantic, and with nothing to say no console is made.
+NOT_NEEDED = (*HEAVY, "numpy", "pydantic", "sqlite3", "rich.console", "rich.markdown")
 TEXTS = [
     "a cat sat on the mat",
     "the stock market fell sharply",
