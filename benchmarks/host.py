@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 # The instruction sets that decide dense fp32 and int8 speed on x86.
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
@@ -40,6 +41,18 @@ def load() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "unknown"
+
+
+def installed_env(env: dict[str, str], folder: Path) -> dict[str, str]:
+    """``env`` for child commands that run our modules from bytecode, as pip installs them.
+
+    Where ``PYTHONDONTWRITEBYTECODE`` is set (this machine sets it), every start would
+    compile the package anew: a cost no installed user pays. The bytecode goes to
+    ``folder``, not into the tree.
+    """
+    env = {**env, "PYTHONPYCACHEPREFIX": str(folder)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def describe() -> str:

@@ -51,14 +51,15 @@ def main() -> None:
 
     print(host.describe())
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-shell-bench-"))
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "XDG_RUNTIME_DIR": str(work / "run"),
-        "MODERNBERT_CLI_CACHE_DIR": str(work / "cache"),
-        "PYTHONPYCACHEPREFIX": str(work / "bytecode"),
-    }
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = host.installed_env(
+        {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "XDG_RUNTIME_DIR": str(work / "run"),
+            "MODERNBERT_CLI_CACHE_DIR": str(work / "cache"),
+        },
+        work / "bytecode",
+    )
     (work / "run").mkdir()
     py = [sys.executable]
     cli = [*py, "-m", "modernbert_cli"]

@@ -15,6 +15,14 @@ and prints tokens/s (real tokens, no padding), the ratio to ``st``, and — on m
 whose weights are real — the mean and minimum cosine of each mode's embeddings to
 fp32 sentence-transformers. Runs are interleaved and repeated; medians are quoted.
 
+Those rows are **in-process**: models loaded and warmed up, only ``encode`` timed.
+Then come the **whole-process** rows, what a user waits for at the shell: a fresh
+process per run, start-up, model load (and int8 quantization) included —
+``python -c "...SentenceTransformer(path).encode(texts)..."`` against
+``modernbert-cli embed -i texts.txt -o out.npy`` (``--no-cache --no-server``, so that
+neither helps), fp32 and ``--quantize int8``, on ``--whole-process`` short texts;
+with ``--startup``, the same commands on one text (the fixed cost of each).
+
     python benchmarks/throughput.py                 # CPU, a few minutes
     python benchmarks/throughput.py --device cuda --short 8192 --long 256
 
@@ -36,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import host  # noqa: E402
 from benchmarks.texts import make_texts  # noqa: E402
 
 
@@ -45,8 +54,17 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=96, help="short passages (10-120 words)")
     parser.add_argument("--long", type=int, default=6, help="long documents (1k-6k words)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", default="modernbert-base,minilm")
+    parser.add_argument("--models", default="modernbert-base,minilm", help="in-process ('': none)")
     parser.add_argument("--compile", default="off", help="engine --compile on the GPU")
+    parser.add_argument(
+        "--whole-process",
+        type=int,
+        default=320,
+        metavar="N",
+        help="short texts for the whole-process rows (0: none)",
+    )
+    parser.add_argument("--whole-models", default="modernbert-base")
+    parser.add_argument("--startup", action="store_true", help="also time each command on one text")
     parser.add_argument(
         "--modes",
         help="engine modes, comma-separated (default: float32,int8 on a CPU; "
@@ -55,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print(host.describe())
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -85,7 +104,7 @@ def main() -> None:
         ],
     }
     rows = []
-    for model_name in args.models.split(","):
+    for model_name in filter(None, args.models.split(",")):
         path = _model_path(model_name)
         reference = SentenceTransformer(path, device=args.device)
         tokenizer = reference.tokenizer
@@ -148,7 +167,94 @@ def main() -> None:
                     )
                 )
             del engines
-    _print(rows)
+    if rows:
+        print("\nin-process (models loaded and warm; encode timed):")
+        _print(rows)
+    if args.whole_process:
+        for model_name in args.whole_models.split(","):
+            _whole_process(model_name, args)
+    print(f"load average after: {host.load()}")
+
+
+# The reference a user of sentence-transformers would run from the shell.
+_ST_SCRIPT = """
+import sys
+import numpy as np
+from sentence_transformers import SentenceTransformer
+texts = open(sys.argv[2], encoding="utf-8").read().splitlines()
+np.save(sys.argv[3], SentenceTransformer(sys.argv[1], device=sys.argv[4]).encode(texts))
+"""
+
+
+def _whole_process(model_name: str, args: argparse.Namespace) -> None:
+    """Fresh processes, start to exit: sentence-transformers against the CLI, fp32 and int8."""
+
+    path = _model_path(model_name)
+    work = Path(tempfile.mkdtemp(prefix="modernbert-cli-throughput-"))
+    env = host.installed_env(
+        {**os.environ, "HF_HUB_OFFLINE": "1", "MODERNBERT_CLI_CACHE_DIR": str(work / "cache")},
+        work / "bytecode",
+    )
+    texts = make_texts(args.whole_process, 10, 120, seed=1)
+    files = {"texts": work / "texts.txt", "one": work / "one.txt"}
+    files["texts"].write_text("\n".join(texts) + "\n", encoding="utf-8")
+    files["one"].write_text(texts[0] + "\n", encoding="utf-8")
+    cli = [sys.executable, "-m", "modernbert_cli", "embed", "-m", path, "--device", args.device]
+    cli += ["--no-cache", "--no-server", "-q"]
+
+    def commands(source: Path) -> dict[str, list[str]]:
+        out = {name: str(work / f"{source.stem}-{name}.npy") for name in ("st", "fp32", "int8")}
+        st = [sys.executable, "-c", _ST_SCRIPT, path, str(source), out["st"]]
+        return {
+            "st encode (defaults)": [*st, args.device],
+            "modernbert-cli embed": [*cli, "-i", str(source), "-o", out["fp32"]],
+            "modernbert-cli embed --quantize int8": [
+                *[*cli, "--quantize", "int8"],
+                *["-i", str(source), "-o", out["int8"]],
+            ],
+        }
+
+    if args.device != "cpu":
+        commands_all = {k: v for k, v in commands(files["texts"]).items() if "int8" not in k}
+    else:
+        commands_all = commands(files["texts"])
+    startup = {k: commands(files["one"])[k] for k in commands_all} if args.startup else {}
+    for command in commands(files["one"]).values():  # untimed: bytecode written, files cached
+        if "int8" not in command or args.device == "cpu":
+            _timed(command, env)
+    times: dict[str, list[float]] = {k: [] for k in commands_all}
+    fixed: dict[str, list[float]] = {k: [] for k in startup}
+    agreement: dict[str, tuple[float, float]] = {}
+    print(f"\nwhole process ({model_name}, {len(texts)} short texts), load {host.load()}:")
+    for _ in range(args.repeats):
+        for name, command in commands_all.items():
+            times[name].append(_timed(command, env))
+            if name in startup:
+                fixed[name].append(_timed(startup[name], env))
+        reference = np.load(work / "texts-st.npy")
+        for name, file in (("modernbert-cli embed", "fp32"), ("--quantize int8", "int8")):
+            key = next((k for k in commands_all if k.endswith(name)), None)
+            if key:
+                agreement[key] = _cosines(np.load(work / f"texts-{file}.npy"), reference)
+    st = statistics.median(times["st encode (defaults)"])
+    head = f"{'command':<40} {'wall s':>8} {'ratio':>6} {'start-up s':>11}"
+    print(f"{head}  cosine to st (mean / min)")
+    for name, values in times.items():
+        median = statistics.median(values)
+        start = f"{statistics.median(fixed[name]):>11.1f}" if fixed else f"{'':>11}"
+        cos = agreement.get(name)
+        cos_text = "" if cos is None else f"{cos[0]:.6f} / {cos[1]:.6f}"
+        print(f"{name:<40} {median:>8.1f} {st / median:>5.2f}x {start}  {cos_text}")
+
+
+def _timed(command: list[str], env: dict[str, str]) -> float:
+    import subprocess
+
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command[:6])} …\n{done.stderr.decode()[-2000:]}")
+    return time.perf_counter() - start
 
 
 def _model_path(name: str) -> str:
