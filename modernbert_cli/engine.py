@@ -50,6 +50,11 @@ _CHARS_PER_TOKEN_BOUND = 16
 # A clipped document keeps at least this many tokens beyond the limit, so that the
 # word cut short at its end (and whatever a tokenizer does there) lies past the limit.
 _CLIP_MARGIN = 16
+# On a CPU a padded token costs what a real one does, and a batch of its own costs about
+# this many tokens (the weights read once more; all-MiniLM-L6-v2: ~25): a batch ends
+# where the next text is this much shorter than its longest. A query, a paragraph and a
+# title then run as three small batches, not one padded three times over.
+CPU_MAX_PADDING = 32
 # torch.compile costs tens of seconds up front: only worth it for big jobs.
 COMPILE_MIN_TEXTS = 20000
 
@@ -60,6 +65,8 @@ class EngineOptions:
 
     max_batch_tokens: int | None = None  # None: CPU_BATCH_TOKENS or GPU_BATCH_TOKENS
     max_batch_size: int | None = None  # cap on texts per batch (None: the budget decides)
+    # Padding a text may get in a batch (None: CPU_MAX_PADDING on a CPU, no bound on a GPU).
+    max_padding: int | None = None
     dtype: str = "auto"
     compile: str = "auto"
     quantize: str = "none"
@@ -146,16 +153,24 @@ class Engine:
         return counts
 
     def plan(self, lengths: np.ndarray) -> list[Batch]:
-        """Longest first, each batch within the token budget (padded to its longest text)."""
+        """Longest first, each batch within the token budget (padded to its longest text),
+        and on a CPU no text padded by more than ``CPU_MAX_PADDING`` tokens."""
         import numpy as np
 
         capped = np.minimum(lengths, self.max_seq_length)
         order = np.argsort(-capped, kind="stable")
+        descending = capped[order]
         cap = self.options.max_batch_size or len(order)
+        padding = self.options.max_padding
+        if padding is None and not self.on_gpu:
+            padding = CPU_MAX_PADDING
         batches, start = [], 0
         while start < len(order):
-            longest = max(int(capped[order[start]]), 1)
+            longest = max(int(descending[start]), 1)
             size = max(1, min(cap, self.budget // longest))
+            if padding is not None:  # texts at most `padding` shorter than the longest
+                window = -descending[start : start + size]
+                size = max(1, int(np.searchsorted(window, padding - longest, side="right")))
             indices = order[start : start + size]
             batches.append(Batch(indices, int(capped[indices].sum())))
             start += size

@@ -153,7 +153,8 @@ def test_model_numbers_equal_stock_attention(monkeypatch, long_tiny_model, block
     assert max(lengths) > attention.BLOCKED_MIN_TOKENS > sorted(lengths)[-2] > 2 * 64
     expected = stock.encode(texts, batch_size=len(texts))
 
-    engine = Engine(load(long_tiny_model), ["cpu"], EngineOptions(max_batch_tokens=8192))
+    together = EngineOptions(max_batch_tokens=8192, max_padding=8192)
+    engine = Engine(load(long_tiny_model), ["cpu"], together)
     assert engine.windowed
     alone = Engine(load(long_tiny_model), ["cpu"], EngineOptions(max_batch_size=1))
 

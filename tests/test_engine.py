@@ -73,8 +73,15 @@ class StubModel:
         self.compile_calls += 1
 
 
-def stub_engine(budget: int, batch_size: int | None = None, max_seq_length: int = 512) -> Engine:
-    options = EngineOptions(max_batch_tokens=budget, max_batch_size=batch_size)
+def stub_engine(
+    budget: int,
+    batch_size: int | None = None,
+    max_seq_length: int = 512,
+    max_padding: int | None = None,
+) -> Engine:
+    options = EngineOptions(
+        max_batch_tokens=budget, max_batch_size=batch_size, max_padding=max_padding
+    )
     return Engine(StubModel(max_seq_length), ["cpu"], options)
 
 
@@ -121,10 +128,15 @@ def embed_npy(cli, tmp_path: Path, *args: str, texts=MIXED) -> np.ndarray:
 
 
 def check_plan(
-    lengths: np.ndarray, budget: int, batch_size: int | None, max_seq_length: int
+    lengths: np.ndarray,
+    budget: int,
+    batch_size: int | None,
+    max_seq_length: int,
+    max_padding: int | None = None,
 ) -> None:
-    """Every property of Engine.plan, on one input."""
-    engine = stub_engine(budget, batch_size, max_seq_length)
+    """Every property of Engine.plan (on a CPU), on one input."""
+    engine = stub_engine(budget, batch_size, max_seq_length, max_padding)
+    padding = engine_module.CPU_MAX_PADDING if max_padding is None else max_padding
     batches = engine.plan(np.asarray(lengths, dtype=np.int64))
     capped = np.minimum(lengths, max_seq_length)
     order = np.concatenate([b.indices for b in batches]) if batches else np.empty(0, int)
@@ -139,8 +151,12 @@ def check_plan(
         # Within the budget once padded to its longest, unless one text alone exceeds it.
         assert count * longest <= budget or (count == 1 and longest > budget)
         assert batch.tokens == int(capped[batch.indices].sum())
+        # No text padded by more than `padding`, unless alone.
+        assert count == 1 or longest - int(capped[batch.indices].min()) <= padding
         if number < len(batches) - 1:  # as full as allowed: no needless small batches
-            assert count == min(cap, max(1, budget // max(longest, 1)))
+            following = int(capped[batches[number + 1].indices[0]])
+            full = count == min(cap, max(1, budget // max(longest, 1)))
+            assert full or max(longest, 1) - following > padding
 
 
 @pytest.mark.parametrize(
@@ -156,10 +172,23 @@ def check_plan(
         ([4] * 20, 1000, 3, 512),  # --batch-size caps the count
         ([0, 0, 3, 0], 8, None, 512),  # empty texts count as one token for the budget
         ([7] * 5, 7, None, 512),  # budget exactly one text
+        ([150, 9, 45, 3, 8], 1024, None, 512),  # a query, a paragraph, titles: 3 batches
     ],
 )
 def test_plan_cases(lengths, budget, batch_size, max_seq_length):
     check_plan(np.array(lengths, dtype=np.int64), budget, batch_size, max_seq_length)
+
+
+def test_a_cpu_batch_ends_where_padding_would_cost_more_than_a_batch():
+    engine = stub_engine(1024)
+    assert [b.indices.tolist() for b in engine.plan(np.array([150, 9, 45, 3, 8]))] == [
+        [0],
+        [2],
+        [1, 4, 3],
+    ]
+    # Unbounded (as on a GPU), they share one batch padded to 150 tokens.
+    assert len(stub_engine(1024, max_padding=1024).plan(np.array([150, 9, 45, 3, 8]))) == 1
+    assert len(Engine(StubModel(), ["cuda"]).plan(np.array([150, 9, 45, 3, 8]))) == 1
 
 
 def test_plan_properties_on_random_inputs():
@@ -172,7 +201,8 @@ def test_plan_properties_on_random_inputs():
         budget = int(rng.choice([1, 16, 100, 512, 4096, 65536]))
         batch_size = None if rng.random() < 0.5 else int(rng.integers(1, 40))
         max_seq_length = int(rng.choice([8, 128, 512, 8192]))
-        check_plan(lengths, budget, batch_size, max_seq_length)
+        max_padding = None if rng.random() < 0.5 else int(rng.choice([0, 8, 100, 10_000]))
+        check_plan(lengths, budget, batch_size, max_seq_length, max_padding)
 
 
 def test_default_budgets():
