@@ -25,6 +25,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import host  # noqa: E402
 from benchmarks.texts import make_texts  # noqa: E402
 from benchmarks.throughput import _model_path, _sync  # noqa: E402
 
@@ -38,6 +39,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(host.describe())
 
     import torch
 

@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import host  # noqa: E402
 from benchmarks.texts import make_texts  # noqa: E402
 from modernbert_cli.cache import EmbeddingCache, text_key  # noqa: E402
 
@@ -39,9 +40,13 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=10_000)
     args = parser.parse_args()
+    print(host.describe())
 
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-cache-bench-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODERNBERT_CLI_CACHE_DIR": str(work / "cache")}
+    env = host.installed_env(
+        {**os.environ, "HF_HUB_OFFLINE": "1", "MODERNBERT_CLI_CACHE_DIR": str(work / "cache")},
+        work / "bytecode",
+    )
     corpus = work / "corpus.txt"
     corpus.write_text("\n".join(make_texts(args.corpus, 10, 60, seed=7)) + "\n")
     cli = [sys.executable, "-m", "modernbert_cli"]

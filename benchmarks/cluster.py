@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import host  # noqa: E402
 from benchmarks.texts import make_texts  # noqa: E402
 
 
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--part-size", type=int, default=500)
     parser.add_argument("--workers", default="1,2")
     args = parser.parse_args()
+    print(host.describe())
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

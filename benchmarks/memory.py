@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import host  # noqa: E402
 from benchmarks.texts import make_texts  # noqa: E402
 
 TARGET_MB = 300
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", help="model path (default: a tiny random ModernBERT)")
     args = parser.parse_args()
+    print(host.describe())
 
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-memory-"))
     model = args.model or _tiny_model(work)

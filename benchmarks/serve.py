@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import host  # noqa: E402
 from benchmarks.texts import make_texts  # noqa: E402
 
 
@@ -35,14 +36,18 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=10_000)
     parser.add_argument("--model", default="minilm")
     args = parser.parse_args()
+    print(host.describe())
 
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-serve-bench-"))
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "XDG_RUNTIME_DIR": str(work / "run"),
-        "MODERNBERT_CLI_CACHE_DIR": str(work / "cache"),
-    }
+    env = host.installed_env(
+        {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "XDG_RUNTIME_DIR": str(work / "run"),
+            "MODERNBERT_CLI_CACHE_DIR": str(work / "cache"),
+        },
+        work / "bytecode",
+    )
     (work / "run").mkdir()
     cli = [sys.executable, "-m", "modernbert_cli"]
     model = ["-m", args.model, "--device", "cpu"]
@@ -78,7 +83,7 @@ def main() -> None:
             "(target ≥ 0.9)"
         )
     finally:
-        _run([*cli, "serve", "--stop", *model], env, check=False)
+        _run([*cli, "serve", "stop", "-m", args.model], env, check=False)
 
 
 def _run(command: list[str], env: dict[str, str], check: bool = True) -> float:

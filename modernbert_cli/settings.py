@@ -109,8 +109,10 @@ class Settings:
     quantize: Quantize = _setting(
         "none",
         "--quantize",
-        help="int8: dynamic int8 Linear layers on a CPU (up to 2x faster; "
-        "cosine to float32 above 0.99 on MiniLM).",
+        help="int8: int8 Linear layers on a CPU. Measured on AVX2 without VNNI (AMD EPYC, "
+        "2 cores): embed of 320 short texts with ModernBERT-base 2.1x faster than "
+        "sentence-transformers, start-up included (float32: 1.4x); cosine to float32 "
+        "0.992-0.995 on MiniLM.",
     )
     trust_remote_code: bool = _setting(
         False,

