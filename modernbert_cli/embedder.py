@@ -360,18 +360,23 @@ class Embedder:
         """The hits, when a warm server ranked the corpus (and asked the cache) for us.
 
         Then this process needs neither numpy nor the cache file: a one-off query costs
-        a socket round trip. Otherwise (no server, a corpus over one chunk, a server too
-        old or failing) the hits are None and the corpus comes back whole, to be
+        a socket round trip. Otherwise (no server, more than one request holds, a server
+        too old or failing) the hits are None and the corpus comes back whole, to be
         ranked here.
         """
+        from modernbert_cli import client
         from modernbert_cli.settings import METRICS
 
         if not self.settings.server or self.encoder.server is None:
             return None, corpus
         iterator = iter(corpus)
-        head = list(islice(iterator, CHUNK_TEXTS + 1))
+        head = list(islice(iterator, client.MAX_INPUTS + 1))
         corpus = chain(head, iterator)
-        if len(head) > CHUNK_TEXTS:  # a big corpus streams past here, a chunk at a time
+        try:  # one request's worth (a bigger corpus streams past here, a chunk at a time)
+            fits = len(client.request_parts([*_strings(queries), *_strings(head)])) == 1
+        except client.ServerError:  # a text over the server's limit: ranked here
+            fits = False
+        if not fits:
             return None, corpus
         if metric not in METRICS:  # as scoring words it
             raise SettingError("metric", f"choose from {', '.join(METRICS)}", metric)

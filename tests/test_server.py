@@ -349,6 +349,21 @@ def test_a_damaged_cache_warns_the_client_of_a_server(cli, start_server, tiny_mo
     assert running.backend.requests == 3
 
 
+def test_a_corpus_over_one_request_is_ranked_by_the_client(
+    cli, start_server, tiny_model, monkeypatch
+):
+    """The server takes 3 texts a request here: the client ranks, the server embeds in parts."""
+    args = [*COMMANDS["similar"], "-m", tiny_model, "--device", "cpu", "--no-cache"]
+    alone = cli(*args, "--no-server")
+    monkeypatch.setattr(client, "MAX_INPUTS", 3)
+    running = start_server(limits=server.Limits(max_inputs=3))
+    monkeypatch.setattr(model_loading, "load", lambda spec: pytest.fail("the client loaded it"))
+    served = cli(*args)
+    assert (served.stdout_bytes, served.stderr) == (alone.stdout_bytes, alone.stderr)
+    # The fixture's info and the client's; the query; the 6 corpus texts in 2 parts.
+    assert running.backend.requests == 5
+
+
 def test_a_server_without_similar_still_embeds_for_it(cli, start_server, tiny_model, monkeypatch):
     """A server of an older version: the client ranks itself, quietly, with the server's vectors."""
     args = [*COMMANDS["similar"], "-m", tiny_model, "--device", "cpu", "--no-cache"]
