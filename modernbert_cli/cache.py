@@ -45,26 +45,40 @@ _SCHEMA_VERSION = 1
 
 # A rowid table (vectors are kilobytes: too big for a WITHOUT ROWID b-tree), rows
 # keyed by a small model number rather than the 64-character fingerprint.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    id INTEGER PRIMARY KEY,
-    fingerprint TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0,
-    misses INTEGER NOT NULL DEFAULT 0,
-    last_used INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS embeddings (
-    model INTEGER NOT NULL REFERENCES models (id),
-    text_key BLOB NOT NULL,
-    vector BLOB NOT NULL,
-    truncated INTEGER NOT NULL,
-    crc INTEGER NOT NULL,
-    last_used INTEGER NOT NULL,
-    UNIQUE (model, text_key)
-);
-CREATE INDEX IF NOT EXISTS embeddings_last_used ON embeddings (last_used);
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS models (
+        id INTEGER PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0,
+        misses INTEGER NOT NULL DEFAULT 0,
+        last_used INTEGER NOT NULL,
+        folder TEXT,
+        files TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS embeddings (
+        model INTEGER NOT NULL REFERENCES models (id),
+        text_key BLOB NOT NULL,
+        vector BLOB NOT NULL,
+        truncated INTEGER NOT NULL,
+        crc INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        UNIQUE (model, text_key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS embeddings_last_used ON embeddings (last_used)",
+)
+# The columns each table must have; a file whose tables lack them is damaged.
+_COLUMNS = {
+    "models": {"id", "fingerprint", "name", "hits", "misses", "last_used"},
+    "embeddings": {"model", "text_key", "vector", "truncated", "crc", "last_used"},
+}
+# Columns added later: older versions name their columns in every statement, so they
+# still read and write a file that has these, and the format number stays 1.
+_ADDED_COLUMNS = {"models": {"folder": "TEXT", "files": "TEXT"}}
+
+
+class WrongTables(sqlite3.DatabaseError):
+    """The file is a SQLite database, but not one of ours: damaged, as far as we go."""
 
 
 def default_path() -> Path:
@@ -161,8 +175,15 @@ class EmbeddingCache:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"unknown cache format {version}")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            if version != _SCHEMA_VERSION or _missing(db):
+                with _transaction(db):  # one process at a time makes or completes the tables
+                    missing = _missing(db)
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    for table, column, kind in missing:
+                        if column:  # else the table was missing, and is made now
+                            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except BaseException:
             db.close()
             raise
@@ -172,9 +193,12 @@ class EmbeddingCache:
         """Turn the cache off for this run, with one warning; the command goes on without it."""
         self.error = self.error or error
         if not self.disabled:
+            # Only for a damaged file is clearing the remedy (it deletes the file); a
+            # lock, a permission or a folder that is a file are not cured by it.
+            remedy = "run: modernbert-cli cache clear" if _damaged(error) else "or use --no-cache"
             self._warn(
                 f"warning: embedding cache {self.path} is unusable ({error}); going on "
-                "without it (delete the file, or run: modernbert-cli cache --clear)"
+                f"without it ({remedy})"
             )
         self.disabled = True
         if self._db is not None:
@@ -378,12 +402,7 @@ class EmbeddingCache:
         from modernbert_cli.errors import OutputError
 
         self.close()
-        # Corrupt or not a database: DatabaseError itself. Locked, read-only, I/O: its
-        # OperationalError subclass; OSError: the folder. Those are no reason to delete.
-        damaged = isinstance(error, sqlite3.DatabaseError) and not isinstance(
-            error, sqlite3.OperationalError
-        )
-        if not damaged:
+        if not _damaged(error):
             raise OutputError(f"cannot clear the embedding cache {self.path}: {error}")
         for file in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
             try:
@@ -428,6 +447,34 @@ def _retry_busy(step: Callable[[], Any], attempts: int = 10) -> Any:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _damaged(error: BaseException | None) -> bool:
+    """Whether ``error`` says the file itself is bad (and deleting it is the cure).
+
+    Corrupt, not a database, or not our tables: DatabaseError itself (WrongTables is
+    one). Locked, read-only, I/O: its OperationalError subclass; OSError: the folder.
+    """
+    return isinstance(error, sqlite3.DatabaseError) and not isinstance(
+        error, sqlite3.OperationalError
+    )
+
+
+def _missing(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """The (table, column, type) to add; raises WrongTables for tables not ours."""
+    missing = []
+    for table, needed in _COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            missing.append((table, "", ""))  # the table itself: CREATE makes it
+            continue
+        if not needed <= have:
+            lacking = ", ".join(sorted(needed - have))
+            raise WrongTables(f"table {table} has no column {lacking}: not an embedding cache")
+        for column, kind in _ADDED_COLUMNS.get(table, {}).items():
+            if column not in have:
+                missing.append((table, column, kind))
+    return missing
 
 
 def _size(db: sqlite3.Connection) -> int:

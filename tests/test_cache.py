@@ -663,6 +663,51 @@ def test_cache_clear_deletes_a_damaged_file(cli, embed, damage, monkeypatch):
     assert embed("a", "b").stdout_bytes == again.stdout_bytes
 
 
+WRONG_TABLES = {
+    "no-such-column": "CREATE TABLE embeddings (x INTEGER)",
+    "models-lacks-columns": "CREATE TABLE models (id INTEGER PRIMARY KEY, name TEXT)",
+    "another-program": "CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('x')",
+}
+
+
+@pytest.mark.parametrize("tables", WRONG_TABLES)
+def test_a_cache_with_the_wrong_tables_is_cleared_as_its_warning_advises(cli, embed, tables):
+    """A SQLite file with other tables is a damaged cache: the advice works, and does it."""
+    file = default_path()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(file) as db:
+        db.executescript(WRONG_TABLES[tables])
+    db.close()
+    warned = embed("a", "b")
+    if tables == "another-program":  # our tables beside theirs: a cache that works
+        assert warned.stderr == ""
+        return
+    assert_one_cache_warning(warned.stderr)
+    advice = warned.stderr.split("run: ")[1].split(")")[0]
+    assert advice == "modernbert-cli cache clear"
+
+    cleared = cli(*advice.split()[1:])
+    assert cleared.code == ExitStatus.OK, cleared.stderr
+    assert "damaged cache file" in cleared.stderr
+    assert not file.exists()
+    assert embed("a", "b").stderr == ""  # a fresh cache, no warning
+    assert one_model_stats(warned_model(warned)).entries == 2
+
+
+def warned_model(result) -> str:
+    return json.loads(result.stdout.splitlines()[0])["model"]
+
+
+def test_an_unusable_cache_folder_gets_no_advice_to_clear(embed, monkeypatch, tmp_path):
+    """Clearing cannot help when the folder is a file: the warning does not say it would."""
+    not_a_folder = tmp_path / "regular-file"
+    not_a_folder.write_text("not a folder\n")
+    monkeypatch.setenv("MODERNBERT_CLI_CACHE_DIR", str(not_a_folder))
+    result = embed("a")
+    assert_one_cache_warning(result.stderr)
+    assert "cache clear" not in result.stderr and "--no-cache" in result.stderr
+
+
 def test_cache_clear_leaves_a_busy_cache_alone(cli, embed, tiny_model, monkeypatch):
     """A lock held too long is no damage: an error, and every entry stays."""
     embed(*TEXTS)
