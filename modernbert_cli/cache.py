@@ -9,7 +9,9 @@ row carries a CRC of its key and bytes, and a row that fails it is never returne
 Several processes may use the file at once (WAL journal, short transactions, a
 busy timeout). A cache that cannot be opened or read, or that turns out corrupt,
 costs one warning on stderr and is then left alone: the command still succeeds.
-The file is bounded (``max_bytes``); the least recently used rows go first.
+The files on disk are bounded (``max_bytes``, the database and its write-ahead log
+together); the least recently used rows go first. Bounds under 1 MB (the command
+line's least) can be passed by a few pages of log.
 
 >>> cache = EmbeddingCache(Path("/tmp/c.sqlite3"))  # doctest: +SKIP
 >>> cache.lookup("fingerprint", [text_key("a cat")])  # doctest: +SKIP
@@ -40,8 +42,14 @@ DEFAULT_MAX_MB = 2048
 
 # SQLite allows 32,766 host parameters per statement; stay well below.
 _BATCH = 900
+# Bytes a row takes besides its vector: key, columns, index entries, page slack.
+_ROW_OVERHEAD = 160
 _BUSY_TIMEOUT_MS = 10_000
 _SCHEMA_VERSION = 1
+# The bound is on the files on disk: the database may fill this share of it, its
+# write-ahead log the rest (a log reset after each checkpoint, and cut back to size).
+_MAIN_SHARE = 0.75
+_WAL_SHARE = 1 / 16
 
 # A rowid table (vectors are kilobytes: too big for a WITHOUT ROWID b-tree), rows
 # keyed by a small model number rather than the 64-character fingerprint.
@@ -170,7 +178,13 @@ class EmbeddingCache:
         db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            # A new file can give freed pages back (see _shrink); an old one once cleared.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.execute("PRAGMA journal_mode = WAL")
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            wal = int(self.max_bytes * _WAL_SHARE)
+            db.execute(f"PRAGMA wal_autocheckpoint = {min(1000, max(8, wal // page))}")
+            db.execute(f"PRAGMA journal_size_limit = {wal}")
             db.execute("PRAGMA synchronous = NORMAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
@@ -267,11 +281,17 @@ class EmbeddingCache:
             return
         now = int(time.time())
         items = list(items)
+        if not items:
+            return
+        # A slice at a time, room made before each: freed pages are reused, so the file
+        # never grows past its bound, however big the chunk. Slices are small beside
+        # the bound, so a small bound still keeps most of its rows.
+        row_bytes = _ROW_OVERHEAD + 4 * max(int(vector.size) for _, vector, _ in items)
+        per_slice = max(1, min(_BATCH, int(self.max_bytes * _MAIN_SHARE / 32 / row_bytes)))
         try:
-            # A slice at a time, each followed by eviction: a big chunk of new rows
-            # takes the file past its bound by one slice, not by the whole chunk.
-            for start in range(0, len(items), _BATCH):
-                batch = items[start : start + _BATCH]
+            for start in range(0, len(items), per_slice):
+                batch = items[start : start + per_slice]
+                self._evict(db, incoming=len(batch) * row_bytes)
 
                 def write(batch: list[tuple[bytes, np.ndarray, bool]] = batch) -> None:
                     with _transaction(db):
@@ -289,7 +309,7 @@ class EmbeddingCache:
                         )
 
                 _retry_busy(write)  # past the busy timeout, a loaded machine gets more tries
-                self._evict(db)
+            self._shrink(db)
         except sqlite3.Error as error:
             self._fail(error)
 
@@ -322,24 +342,37 @@ class EmbeddingCache:
         except sqlite3.Error as error:
             self._fail(error)
 
-    def _evict(self, db: sqlite3.Connection) -> None:
-        """Least recently used rows go until the file is under 90% of its bound."""
+    def _evict(self, db: sqlite3.Connection, incoming: int = 0) -> None:
+        """Least recently used rows go until ``incoming`` more bytes fit in the bound."""
+        bound = self.max_bytes * _MAIN_SHARE
         size = _size(db)
-        if size <= self.max_bytes:
+        if size + incoming <= bound:
             return
         count = db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
         if not count:
             return
-        # Rows are about the same size: drop the share that brings the file under bound.
-        target = int(count * (1 - 0.9 * self.max_bytes / size)) + 1
-        # Freed pages are reused by later rows, so the file stays within its bound
-        # without a VACUUM (which would rewrite all of it).
+        # Rows are about the same size: drop the share that leaves room for the new
+        # ones and 5% more, so that eviction does not run again at the very next slice.
+        keep = max(0.0, 0.95 * bound - incoming) / size
+        target = int(count * (1 - keep)) + 1
         with _transaction(db):
             db.execute(
                 "DELETE FROM embeddings WHERE rowid IN "
                 "(SELECT rowid FROM embeddings ORDER BY last_used LIMIT ?)",
                 (target,),
             )
+
+    def _shrink(self, db: sqlite3.Connection) -> None:
+        """Give free pages back when the file is past its bound (made by an older version,
+        or with a larger bound): at once for a file made with incremental vacuum, else by
+        one VACUUM that makes it so."""
+        pages, page = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+        if pages * page <= self.max_bytes * _MAIN_SHARE:
+            return
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2: incremental
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute("VACUUM")
+        db.execute("PRAGMA incremental_vacuum").fetchall()  # it frees a page per step
 
     # -- for `modernbert-cli cache` --------------------------------------------------------
 
@@ -389,6 +422,7 @@ class EmbeddingCache:
                     ).rowcount
                     db.execute("DELETE FROM models WHERE name = ?", (name,))
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
             db.execute("VACUUM")
             return deleted
         except sqlite3.Error as error:

@@ -489,20 +489,25 @@ def _vector(n: int, dims: int = 64) -> np.ndarray:
     return np.random.default_rng(n).standard_normal(dims).astype(np.float32)
 
 
+def on_disk(path: Path) -> int:
+    """The bytes the cache takes: the database and its write-ahead log."""
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
 def test_lru_keeps_the_newest_rows_within_the_bound(tmp_path, clock):
-    bound = 128 << 10
+    bound = 1 << 20  # the command line's least (--cache-max-mb 1)
     store = EmbeddingCache(tmp_path / "c.sqlite3", max_bytes=bound)
     for n in range(2000):
         clock[0] += 1
-        store.store("fp", "m", [(text_key(f"t{n}"), _vector(n), False)])
-        assert cache_module._size(store._db) <= bound
-    assert store.path.stat().st_size <= 1.1 * bound
+        store.store("fp", "m", [(text_key(f"t{n}"), _vector(n, 256), False)])
+        assert on_disk(store.path) <= bound
     found = store.lookup("fp", [text_key(f"t{n}") for n in range(2000)])
     kept = [n for n in range(2000) if text_key(f"t{n}") in found]
     assert 100 < len(kept) < 2000
     assert kept == list(range(2000 - len(kept), 2000))  # the newest, and only those
     for n in kept[-5:]:
-        assert_array_equal(found[text_key(f"t{n}")].vector, _vector(n))
+        assert_array_equal(found[text_key(f"t{n}")].vector, _vector(n, 256))
     store.close()
 
 
@@ -521,9 +526,11 @@ def test_a_lookup_keeps_an_old_row(tmp_path, clock):
     clock[0] += 1
     store.store("fp", "m", [(old, _vector(10**6), False)])
     n = 0
-    while cache_module._size(store._db) <= 0.8 * store.max_bytes:  # short of evicting
+    short_of_evicting = 0.8 * cache_module._MAIN_SHARE * store.max_bytes
+    while cache_module._size(store._db) <= short_of_evicting:
         add(n)
         n += 1
+        assert present(old), "evicted before the bound was reached"
     first = n
     assert old in store.lookup("fp", [old])  # used again now: the newest row
     while present(text_key("t0")):  # until eviction reaches rows stored after "old"
@@ -535,22 +542,81 @@ def test_a_lookup_keeps_an_old_row(tmp_path, clock):
     store.close()
 
 
-def test_one_big_store_stays_near_the_bound(tmp_path):
-    """A chunk many times the bound grows the file by a slice, not by the chunk."""
+@pytest.mark.parametrize("dims", [32, 384])
+def test_the_bound_holds_for_the_files_on_disk(tmp_path, monkeypatch, dims):
+    """--cache-max-mb 1 with MiniLM's 384 dimensions left a 2.8 MB file (and a 5.8 MB
+    log while it ran): chunks as big as embed's, database and log counted, at every step."""
     bound = 1 << 20
     store = EmbeddingCache(tmp_path / "c.sqlite3", max_bytes=bound)
-    items = [(text_key(f"t{n}"), _vector(n, 384), False) for n in range(5000)]  # 7.5 MB
-    store.store("fp", "m", items)
+    seen: list[int] = []
+    evict = EmbeddingCache._evict
+
+    def spy(self, db, incoming=0):  # between the slices of one store
+        seen.append(on_disk(self.path))
+        evict(self, db, incoming)
+
+    monkeypatch.setattr(EmbeddingCache, "_evict", spy)
+    for start in range(0, 6000, 4096):  # two chunks
+        stop = min(start + 4096, 6000)
+        store.store(
+            "fp", "m", [(text_key(f"t{n}"), _vector(n, dims), False) for n in range(start, stop)]
+        )
+        seen.append(on_disk(store.path))
+    kept = store._db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
     store.close()
-    assert store.path.stat().st_size < 3 * bound
-    assert not Path(f"{store.path}-wal").exists()
+    assert max(seen) <= bound
+    assert on_disk(store.path) <= bound and not Path(f"{store.path}-wal").exists()
+    assert kept * 4 * dims > 0.3 * bound  # the bound is used, not just respected
+    found = store.lookup("fp", [text_key("t5999")])
+    assert_array_equal(found[text_key("t5999")].vector, _vector(5999, dims))
+
+
+# The tables as version 1.0 made them: no model folder, no incremental vacuum.
+SCHEMA_1_0 = """
+PRAGMA auto_vacuum = NONE;
+PRAGMA journal_mode = WAL;
+CREATE TABLE models (id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL, hits INTEGER NOT NULL DEFAULT 0, misses INTEGER NOT NULL DEFAULT 0,
+    last_used INTEGER NOT NULL);
+CREATE TABLE embeddings (model INTEGER NOT NULL REFERENCES models (id), text_key BLOB NOT NULL,
+    vector BLOB NOT NULL, truncated INTEGER NOT NULL, crc INTEGER NOT NULL,
+    last_used INTEGER NOT NULL, UNIQUE (model, text_key));
+CREATE INDEX embeddings_last_used ON embeddings (last_used);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_file_of_1_0_past_a_smaller_bound_shrinks_to_it(tmp_path):
+    """A file made by 1.0 (or under a larger bound) gives its free pages back at the next
+    store, and gains the model folder column without losing its entries."""
+    path = tmp_path / "c.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1_0)
+        db.execute("INSERT INTO models (fingerprint, name, last_used) VALUES ('fp', 'm', 1)")
+        blob = _vector(0, 384).tobytes()
+        rows = [(1, text_key(f"t{n}"), blob, 0, 0, n) for n in range(3000)]
+        db.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+    assert path.stat().st_size > 4 << 20
+
+    store = EmbeddingCache(path, max_bytes=1 << 20)
+    store.store("fp", "m", [(text_key("new"), _vector(1, 384), False)])
+    store.close()
+    assert on_disk(path) <= 1 << 20
+    store = EmbeddingCache(path)
+    assert_array_equal(
+        store.lookup("fp", [text_key("new")])[text_key("new")].vector, _vector(1, 384)
+    )
+    (row,) = store.stats()
+    assert 100 < row.entries < 3000
+    store.close()
 
 
 def test_cache_max_mb_bounds_the_file(embed, monkeypatch):
     texts = "".join(f"item number {n}\n" for n in range(12_000))
     embed("--cache-max-mb", "1", "-i", "-", input=texts)
     file = default_path()
-    assert file.stat().st_size < 2 << 20
+    assert on_disk(file) <= 1 << 20
     assert not Path(f"{file}-wal").exists()
     (row,) = all_stats()
     entries = row.entries
