@@ -459,7 +459,9 @@ def _passage_corpus(
 ) -> tuple[Iterator[Any], dict[str, int]]:
     """Text arguments as they are, files and folders as passages: checked now (sizes, names,
     an empty corpus), read as they are embedded. The skips are counted as the walk goes."""
-    splitter = passages.Splitter.for_embedder(embedder, options.tokens, options.overlap, prompt)
+    splitter = passages.Splitter.for_embedder(
+        embedder, options.tokens, options.overlap, prompt, warn=session.warn
+    )
     names = [*(text for text in spec.texts if text == "-"), *spec.files]
     plain = InputSpec(texts=[text for text in spec.texts if text != "-"])
     if not names and not plain.texts and session.stdin.piped:
