@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from modernbert_cli import walk as walking
 from modernbert_cli.errors import InputError, UsageError
 
 STDIN = "-"
@@ -708,33 +709,26 @@ def _column_index(header: list[str], column: str | None, name: str) -> int:
 
 
 def _iter_folder(root: Path, spec: InputSpec, out: Inputs) -> Iterator[Text]:
-    """Each text file under ``root`` is one document; hidden, binary, non-UTF-8 and
-    oversized files are skipped (with a count), each judged from its head and size
-    before it is read."""
-    for directory, subdirs, files in os.walk(root):
-        hidden = [d for d in subdirs if d.startswith(".")]
-        for d in hidden:
-            out.skip("hidden folder")
-            subdirs.remove(d)
-        subdirs.sort()
-        for file_name in sorted(files):
-            path = Path(directory, file_name)
-            if file_name.startswith("."):
-                out.skip("hidden")
-                continue
-            if not path.is_file():  # a FIFO would block, a device never end
-                out.skip("not a regular file")
-                continue
-            name = _shown(str(path))
-            try:
-                with _open(path, name) as stream:
-                    text = _read_document(stream, name, spec.max_document_bytes)
-            except _NotUsable as error:
-                out.skip(error.reason)
-                continue
-            except OSError as error:
-                raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
-            if text.strip():
-                yield Text(text.strip(), name)
-            else:
-                out.skip("empty")
+    """Each text file under ``root`` is one document, the files found as ripgrep finds
+    them (:func:`modernbert_cli.walk.walk`: .gitignore in a git work tree, no hidden or
+    binary files, no symbolic links); an oversized file is skipped (with a count), judged
+    by its size before it is read."""
+
+    def skip(skipped: walking.Skipped) -> None:
+        hidden_folder = skipped.folder and skipped.reason == walking.HIDDEN
+        out.skip("hidden folder" if hidden_folder else skipped.reason)
+
+    for path in walking.walk(root, on_skip=skip):
+        name = _shown(str(path))
+        try:
+            with _open(path, name) as stream:
+                text = _read_document(stream, name, spec.max_document_bytes)
+        except _NotUsable as error:
+            out.skip(error.reason)
+            continue
+        except OSError as error:
+            raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
+        if text.strip():
+            yield Text(text.strip(), name)
+        else:
+            out.skip("empty")
