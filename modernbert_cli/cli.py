@@ -1180,7 +1180,7 @@ def cache_clear(
         ),
     ] = None,
 ) -> None:
-    """Delete the cached embeddings (of every model, or of one)."""
+    """Delete the cached embeddings (of every model, or of one) and passages (all)."""
     _clear(Session.start(quiet=False), model)
 
 
@@ -1203,6 +1203,11 @@ def _clear(session: Session, model: str | None) -> None:
         session.note(f"deleted the damaged cache file {store.path} (every model's entries)")
     else:
         session.note(f"deleted {deleted:,} cached embedding(s) from {store.path}")
+    if model is None:
+        from modernbert_cli import split_cache
+
+        if split_cache.clear():  # passages are kept per tokenizer, not per model: all go
+            session.note(f"deleted the passage cache {split_cache.default_path()}")
 
 
 # --- running -----------------------------------------------------------------------------

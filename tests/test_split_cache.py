@@ -362,3 +362,15 @@ def test_the_key_names_what_decides_the_cuts(tiny_model, tmp_path):
         os.utime(tokenizer, ns=(was.st_atime_ns, was.st_mtime_ns))
     assert base.cache is not None and base.cache.path == split_cache.default_path()
     assert Splitter.for_embedder(Embedder(tiny_model, cache=False)).cache is None
+
+
+def test_cache_clear_deletes_the_kept_passages(cli, tmp_path, tiny_model):
+    (tmp_path / "a.txt").write_text(document(30))
+    assert cli("embed", "--passages", "-i", str(tmp_path), "-m", tiny_model).code == 0
+    assert split_cache.default_path().exists()
+    result = cli("cache", "clear", "--model", tiny_model)
+    assert result.code == 0 and split_cache.default_path().exists()  # one model's: kept
+    result = cli("cache", "clear")
+    assert result.code == 0, result.stderr
+    assert not split_cache.default_path().exists()
+    assert "deleted the passage cache" in result.stderr
