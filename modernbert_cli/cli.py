@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
@@ -314,6 +314,27 @@ def _format_option(formats: Sequence[str], default: str) -> Any:
 
 
 @dataclass
+class Reading:
+    """Passages read so far and the files they came from; a progress bar shows it as it
+    redraws (the count of passages is not known before they are cut)."""
+
+    passages: int = 0
+    files: int = 0
+
+    def count(self, items: Iterable[Any]) -> Iterator[Any]:
+        last = None
+        for item in items:
+            path = getattr(item, "path", None)
+            if path is not None and path != last:
+                self.files, last = self.files + 1, path
+            self.passages += 1
+            yield item
+
+    def __str__(self) -> str:
+        return f"{self.passages:,} passages from {self.files:,} file(s)"
+
+
+@dataclass
 class Session:
     """Streams and settings of one invocation, shared by the steps of a command."""
 
@@ -321,6 +342,7 @@ class Session:
     stderr: Console
     stdin: Stdin
     _live: bool = False  # a progress bar is showing: no spinner inside it
+    reading: Reading | None = None  # passages read so far, for a bar with no total
 
     @classmethod
     def start(cls, quiet: bool) -> Session:
@@ -375,25 +397,42 @@ class Session:
             embedder.close()
 
     @contextmanager
-    def progress(self, embedder: Embedder, total: int) -> Iterator[None]:
-        """A progress bar on stderr (texts, tokens/s, time left) for jobs worth one."""
-        if self.quiet or not self.stderr.is_terminal or total < _PROGRESS_MIN_TEXTS:
+    def progress(self, embedder: Embedder, total: int | None) -> Iterator[None]:
+        """A progress bar on stderr for jobs worth one: texts, tokens/s, time left. With no
+        total (passages, cut as they are embedded): passages and files read, time spent."""
+        if self.quiet or not self.stderr.is_terminal:
             yield
             return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        if total is not None and total < _PROGRESS_MIN_TEXTS:
+            yield
+            return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
+        if total is None:  # the bar pulses; what was read shows how far it got
+            count = "{task.fields[read]}, {task.completed:,} embedded"
+            count = count if self.reading else "{task.completed:,} texts"
+            time_column: Any = TimeElapsedColumn()
+        else:
+            count = "{task.completed:,}/{task.total:,} texts"
+            time_column = TimeRemainingColumn()
         tokens = [0]
         started = time.monotonic()
         with Progress(
             TextColumn("embedding"),
             BarColumn(),
-            TextColumn("{task.completed:,}/{task.total:,} texts"),
+            TextColumn(count),
             TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
+            time_column,
             console=self.stderr,
             transient=True,
         ) as bar:
-            task = bar.add_task("embed", total=total, rate="")
+            task = bar.add_task("embed", total=total, rate="", read=self.reading)
 
             def advance(texts: int, batch_tokens: int) -> None:
                 tokens[0] += batch_tokens
@@ -474,9 +513,12 @@ def _passage_corpus(
         if options.verbose:
             session.note(f"skipped {what}")
 
-    items = itertools.chain(
-        iter_texts(plain),
-        splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
+    session.reading = Reading()
+    items = session.reading.count(
+        itertools.chain(
+            iter_texts(plain),
+            splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
+        )
     )
     first = next(items, None)
     if first is None:
@@ -615,7 +657,7 @@ def embed(
         # Read, embed and write a chunk at a time: memory stays flat however long the input.
         with (
             render.open_output(output, binary=fmt == "npy") as stream,
-            session.progress(embedder, expected or 0),
+            session.progress(embedder, expected),
         ):
             writer = render.EmbeddingsWriter(stream, fmt, embedder.name)
             for chunk in chunks(items):
@@ -760,7 +802,7 @@ def similar(
             corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt)
         else:
             corpus = found
-        with session.progress(embedder, total if corpus_size else 0):
+        with session.progress(embedder, None if split.on else total if corpus_size else 0):
             try:
                 results = embedder.similar_many(
                     query_texts,
