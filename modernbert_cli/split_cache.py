@@ -1,8 +1,8 @@
 """Passages already cut, kept per file: an unchanged file is neither read nor tokenised again.
 
-Cutting a file into passages runs the tokenizer over every line (about 0.35 MB of
-text a second on one CPU core): over a large folder, far more than a query over
-cached embeddings costs. So each file's passages are kept in a SQLite file of their
+Cutting a file into passages runs the tokenizer over every line (about 1 MB of text
+a second on one CPU core, measured by ``benchmarks/passages_speed.py``): over a large
+folder, far more than a query over cached embeddings costs. So each file's passages are kept in a SQLite file of their
 own, ``passages.sqlite3`` beside the embedding cache, under a *key* naming all that
 decides the cuts besides the file (tokenizer, sizes, prompt, the splitting code's
 version: see :meth:`modernbert_cli.passages.Splitter.key`).
