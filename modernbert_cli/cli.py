@@ -716,7 +716,15 @@ def embed(
             render.open_output(output, binary=fmt_name == "npy") as stream,
             session.progress(encoder, found.count),
         ):
-            writer = render.EmbeddingsWriter(stream, fmt_name, encoder.name)
+            meta = {
+                "model": encoder.name,
+                "precision": precision.value,
+                "normalized": normalize,
+                "prompt": prompt,
+                "prompt_name": prompt_name,
+                "truncate_dim": truncate_dim,
+            }
+            writer = render.EmbeddingsWriter(stream, fmt_name, meta, path=output)
             for chunk in _chunks(iter_texts(spec, session.stdin)):
                 writer.write(chunk, encoder.encode([t.text for t in chunk], options))
             writer.close()
@@ -975,7 +983,7 @@ def matrix(
                 stream,
                 fmt_name,
                 rows,
-                columns,
+                columns if against else None,
                 scoring.matrix(row_vectors, column_vectors, metric_name),
             )
 
