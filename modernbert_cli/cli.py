@@ -1,60 +1,47 @@
 """The command line: parse options, call the core, render, map errors to exit codes.
 
-Each command reads and checks all of its input first and loads the model only
-when there is something valid to embed. torch and sentence-transformers are
-imported inside ``model.load`` and ``scoring``, never at module level, so ``--help``,
-``--version`` and input errors answer at once.
+The work itself is :class:`~modernbert_cli.embedder.Embedder`'s; this module reads
+the inputs (checking all of them before a model is loaded), hands the texts to the
+Embedder, and renders what comes back. torch and sentence-transformers are imported
+inside the core, never here, so ``--help``, ``--version`` and input errors answer at once.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass
-from enum import Enum
-from itertools import islice
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 import typer
-
-try:  # typer >= 0.2x vendors its own click; its exceptions are the ones raised
-    from typer import _click as click
-except ImportError:  # older typer runs on click itself
-    import click
 from rich.console import Console
 
 from modernbert_cli import __version__, render
-from modernbert_cli.cache import DEFAULT_MAX_MB
-from modernbert_cli.engine import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, EngineOptions
-from modernbert_cli.errors import CliError, ExitStatus, StdoutClosed, UsageError
-from modernbert_cli.inputs import (
-    InputSpec,
-    Stdin,
-    Text,
-    iter_texts,
-    read_file,
-    read_texts,
-    scan,
-)
-from modernbert_cli.model import DEFAULT_MODEL, MODEL_ENV, ModelSpec
+from modernbert_cli.errors import CliError, ExitStatus, SettingError, StdoutClosed, UsageError
+from modernbert_cli.inputs import InputSpec, Stdin, Text, iter_texts, read_file, read_texts, scan
+from modernbert_cli.settings import OPTIONS, Metric, Precision, Settings, flag
 
 if TYPE_CHECKING:
-    from modernbert_cli.encoder import Encoder
+    from modernbert_cli.embedder import Embedder
     from modernbert_cli.saved import SavedCorpus
 
-# Texts read, embedded and written at a time: large enough to keep a GPU busy,
-# small enough that memory does not depend on the size of the input.
-CHUNK_TEXTS = 8192
 # Below this many texts a job is over before a progress bar would help.
 _PROGRESS_MIN_TEXTS = 512
 
 PROG = "modernbert-cli"
+_TYPER = {
+    "add_completion": False,
+    "no_args_is_help": False,
+    "rich_markup_mode": "rich",
+    "pretty_exceptions_enable": False,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
 
 app = typer.Typer(
     name=PROG,
@@ -69,340 +56,125 @@ app = typer.Typer(
         f"  {PROG} matrix -i sample_inputs/hayden.txt\n\n"
         f"  grep -i volcano notes.txt | {PROG} embed -o volcano.npy"
     ),
-    add_completion=False,
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **{**_TYPER, "no_args_is_help": True},
 )
 
-
-class DType(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class Switch(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class Quantize(str, Enum):
-    none = "none"
-    int8 = "int8"
-
-
-class Precision(str, Enum):
-    float32 = "float32"
-    int8 = "int8"
-    uint8 = "uint8"
-    binary = "binary"
-    ubinary = "ubinary"
-
-
-class Metric(str, Enum):
-    cosine = "cosine"
-    dot = "dot"
-    euclidean = "euclidean"
-    manhattan = "manhattan"
-
-
-EmbedFormat = Enum("EmbedFormat", {f: f for f in render.EMBED_FORMATS}, type=str)
-SimilarFormat = Enum("SimilarFormat", {f: f for f in render.SIMILAR_FORMATS}, type=str)
-MatrixFormat = Enum("MatrixFormat", {f: f for f in render.MATRIX_FORMATS}, type=str)
-
-_MODEL = "Model"
 _INPUT = "Input"
 _OUTPUT = "Output"
-_CACHE = "Cache"
-CACHE_MAX_ENV = "MODERNBERT_CLI_CACHE_MAX_MB"
-
-# --- options every command shares -------------------------------------------------------
 
 
-def _model_options() -> list[inspect.Parameter]:
-    """The options that say how to run the model, shared by every command (see run_options)."""
+def _examples(*lines: str) -> str:
+    return "Examples:\n\n" + "\n\n".join(f"  {PROG} {line}" for line in lines)
 
-    def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
-        return inspect.Parameter(
-            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+
+# --- the model settings, as options ------------------------------------------------------
+#
+# Typer reads a command's options from its function's signature. The settings are
+# declared once, in settings.Settings; this builds the one function whose signature
+# offers them, and the options Typer makes of it are added to every command that
+# runs a model. A command reads them back with settings_of(ctx).
+
+
+def _settings_parameters() -> list[inspect.Parameter]:
+    hints = get_type_hints(Settings)
+    parameters = []
+    for field in fields(Settings):
+        option = OPTIONS[field.name]
+        kind = hints[field.name]
+        info = typer.Option(
+            *option.flags,
+            help=option.help,
+            rich_help_panel=option.panel,
+            envvar=option.env,
+            show_envvar=option.env is not None,
+            min=option.min,
+            metavar=option.metavar,
+            show_default=field.default is not None and kind is not bool,
         )
-
-    return [
-        option(
-            "model",
-            Annotated[
-                str,
-                typer.Option(
-                    "--model",
-                    "-m",
-                    envvar=MODEL_ENV,
-                    show_envvar=True,
-                    rich_help_panel=_MODEL,
-                    help="sentence-transformers model id, local directory, or alias: "
-                    "modernbert-base, modernbert-large, minilm (offline).",
-                ),
-            ],
-            DEFAULT_MODEL,
-        ),
-        option(
-            "device",
-            Annotated[
-                str,
-                typer.Option(
-                    "--device",
-                    rich_help_panel=_MODEL,
-                    help="auto, cpu, cuda, cuda:N or mps; a comma list (cuda:0,cuda:1) "
-                    "shares the work.",
-                ),
-            ],
-            "auto",
-        ),
-        option(
-            "max_seq_length",
-            Annotated[
-                int | None,
-                typer.Option(
-                    "--max-seq-length",
-                    min=1,
-                    show_default=False,
-                    rich_help_panel=_MODEL,
-                    help="Token limit per text (default: the model's own, 8192 for ModernBERT). "
-                    "Longer texts are truncated, with a count on stderr.",
-                ),
-            ],
-            None,
-        ),
-        option(
-            "max_batch_tokens",
-            Annotated[
-                int | None,
-                typer.Option(
-                    "--max-batch-tokens",
-                    min=1,
-                    show_default=False,
-                    rich_help_panel=_MODEL,
-                    help=f"Padded tokens per batch \\[default: {CPU_BATCH_TOKENS} on a CPU, "
-                    f"{GPU_BATCH_TOKENS} on a GPU].",
-                ),
-            ],
-            None,
-        ),
-        option(
-            "batch_size",
-            Annotated[
-                int | None,
-                typer.Option(
-                    "--batch-size",
-                    min=1,
-                    show_default=False,
-                    rich_help_panel=_MODEL,
-                    help="At most this many texts per batch (default: the token budget decides).",
-                ),
-            ],
-            None,
-        ),
-        option(
-            "dtype",
-            Annotated[
-                DType,
-                typer.Option(
-                    "--dtype",
-                    rich_help_panel=_MODEL,
-                    help="Weights' precision; auto = bfloat16 on a GPU that has it, "
-                    "float32 elsewhere.",
-                ),
-            ],
-            DType.auto,
-        ),
-        option(
-            "compile",
-            Annotated[
-                Switch,
-                typer.Option(
-                    "--compile",
-                    rich_help_panel=_MODEL,
-                    help="torch.compile the model; auto = on a GPU, for jobs big enough "
-                    "to repay it.",
-                ),
-            ],
-            Switch.auto,
-        ),
-        option(
-            "quantize",
-            Annotated[
-                Quantize,
-                typer.Option(
-                    "--quantize",
-                    rich_help_panel=_MODEL,
-                    help="int8: dynamic int8 Linear layers on a CPU (up to 2x faster; "
-                    "cosine to float32 above 0.99 on MiniLM).",
-                ),
-            ],
-            Quantize.none,
-        ),
-        option(
-            "trust_remote_code",
-            Annotated[
-                bool,
-                typer.Option(
-                    "--trust-remote-code",
-                    rich_help_panel=_MODEL,
-                    help="Allow the model's own Python code to run (only for models you trust).",
-                ),
-            ],
-            False,
-        ),
-        option(
-            "no_cache",
-            Annotated[
-                bool,
-                typer.Option(
-                    "--no-cache",
-                    rich_help_panel=_CACHE,
-                    help="Neither read nor write the embedding cache.",
-                ),
-            ],
-            False,
-        ),
-        option(
-            "cache_max_mb",
-            Annotated[
-                int,
-                typer.Option(
-                    "--cache-max-mb",
-                    min=1,
-                    envvar=CACHE_MAX_ENV,
-                    show_envvar=True,
-                    rich_help_panel=_CACHE,
-                    help="Bound on the cache file; least recently used entries go first.",
-                ),
-            ],
-            DEFAULT_MAX_MB,
-        ),
-        option(
-            "no_server",
-            Annotated[
-                bool,
-                typer.Option(
-                    "--no-server",
-                    rich_help_panel=_MODEL,
-                    help="Work in-process even when 'modernbert-cli serve' runs this model.",
-                ),
-            ],
-            False,
-        ),
-        option(
-            "quiet",
-            Annotated[
-                bool,
-                typer.Option("--quiet", "-q", help="No notes or progress on stderr; errors only."),
-            ],
-            False,
-        ),
-    ]
-
-
-_MODEL_OPTIONS = _model_options()
-
-
-@dataclass(frozen=True)
-class Run:
-    """How to run the model: the shared options of every command, in one value."""
-
-    model: str
-    device: str
-    max_seq_length: int | None
-    max_batch_tokens: int | None
-    batch_size: int | None
-    dtype: DType
-    compile: Switch
-    quantize: Quantize
-    trust_remote_code: bool
-    no_cache: bool
-    cache_max_mb: int
-    no_server: bool
-    quiet: bool
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(self.model, self.device, self.max_seq_length, self.trust_remote_code)
-
-    def vector_settings(self, dtype: str) -> dict[str, Any]:
-        """The settings that change a vector: part of cache keys and server keys."""
-        return {
-            "max_seq_length": self.max_seq_length,
-            "dtype": dtype,
-            "quantize": self.quantize.value,
-            # The model's own code may compute other numbers than transformers' own.
-            "trust_remote_code": self.trust_remote_code,
-        }
-
-    def identity(self) -> tuple[str, dict[str, Any]]:
-        """The model's canonical name and the settings that change its vectors."""
-        from modernbert_cli import model as model_loading
-        from modernbert_cli.engine import effective_dtype
-
-        name = model_loading.canonical_name(self.model)
-        return name, self.vector_settings(effective_dtype(self.device, self.dtype.value))
-
-    def server_key(self) -> str:
-        """Which warm server may answer this run: one with the same model and settings."""
-        from modernbert_cli.client import server_key
-
-        return server_key(*self.identity())
-
-    def argv(self) -> list[str]:
-        """These options as command-line arguments (to start a server with them)."""
-        args = ["-m", self.model, "--device", self.device, "--dtype", self.dtype.value]
-        args += ["--compile", self.compile.value, "--quantize", self.quantize.value]
-        for flag, value in (
-            ("--max-seq-length", self.max_seq_length),
-            ("--max-batch-tokens", self.max_batch_tokens),
-            ("--batch-size", self.batch_size),
-        ):
-            if value is not None:
-                args += [flag, str(value)]
-        if self.trust_remote_code:
-            args.append("--trust-remote-code")
-        return args
-
-    @property
-    def engine(self) -> EngineOptions:
-        return EngineOptions(
-            max_batch_tokens=self.max_batch_tokens,
-            max_batch_size=self.batch_size,
-            dtype=self.dtype.value,
-            compile=self.compile.value,
-            quantize=self.quantize.value,
+        parameters.append(
+            inspect.Parameter(
+                field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=field.default,
+                annotation=Annotated[kind, info],
+            )
         )
+    return parameters
 
 
-def run_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give ``command`` the shared model options; it receives them as one ``run: Run``."""
-    names = [p.name for p in _MODEL_OPTIONS]
+def _settings_options() -> list[Any]:
+    """Typer's own options for every setting, made once from a function that takes them."""
+    holder = typer.Typer(add_completion=False)
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        run = Run(**{name: kwargs.pop(name) for name in names})
-        command(run=run, **kwargs)
+    def settings(**values: Any) -> None:
+        """Takes the settings."""
 
-    own = [
-        p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "run"
-    ]
-    wrapper.__signature__ = inspect.Signature([*own, *_MODEL_OPTIONS])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *_MODEL_OPTIONS)}
-    return wrapper
+    settings.__signature__ = inspect.Signature(_settings_parameters())  # type: ignore[attr-defined]
+    holder.command()(settings)
+    return [p for p in typer.main.get_command(holder).params if p.name in OPTIONS]
 
+
+def _add_settings(command: Any, options: list[Any]) -> None:
+    """Give ``command`` the settings options; its callback receives the rest."""
+    command.params.extend(options)
+    inner = command.callback
+
+    def callback(**values: Any) -> Any:
+        for name in OPTIONS:
+            values.pop(name, None)
+        return inner(**values)
+
+    command.callback = callback
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    """The settings given to this command (or to the ``serve`` group above it)."""
+    while ctx is not None and "model" not in ctx.params:
+        ctx = ctx.parent
+    return Settings(**{name: ctx.params[name] for name in OPTIONS})
+
+
+# Commands (and the serve group) that run a model, and so take the settings.
+_RUNS_A_MODEL = ("embed", "similar", "matrix", "serve")
+
+
+def _command() -> Any:
+    """The click command of the whole CLI, with the settings added where they belong."""
+    global _COMMAND
+    if _COMMAND is None:
+        group = typer.main.get_command(app)
+        options = _settings_options()
+        for name in _RUNS_A_MODEL:
+            _add_settings(group.commands[name], options)
+        _plain_help(group)
+        _COMMAND = group
+    return _COMMAND
+
+
+def _plain_help(command: Any, parent: Any = None) -> None:
+    """Help without type labels where the name says it all: flags and named arguments.
+
+    Typer labels every parameter's type (``--quiet <bool>``, ``QUERY <str>``); a flag
+    has no value, and an argument's metavar already names what it takes.
+    """
+    ctx = typer.Context(command, parent, command.name, **command.context_settings)
+    for param in command.get_params(ctx):  # the help option too, made for this context
+        if getattr(param, "is_flag", False) or param.param_type_name == "argument":
+            param.display_type_rich = lambda ctx: None
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub, ctx)
+
+
+_COMMAND: Any = None
+
+# --- options several commands share ---------------------------------------------------------
 
 InputOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--input",
         "-i",
+        metavar="FILE",
         help="Read texts from FILE (repeatable; - for stdin). One text per line; "
         ".jsonl, .csv and .tsv by field/column.",
         rich_help_panel=_INPUT,
@@ -413,6 +185,7 @@ FieldOpt = Annotated[
     str | None,
     typer.Option(
         "--field",
+        metavar="NAME",
         help="JSON-lines field holding the text \\[default: text].",
         rich_help_panel=_INPUT,
     ),
@@ -421,6 +194,7 @@ ColumnOpt = Annotated[
     str | None,
     typer.Option(
         "--column",
+        metavar="NAME|N",
         help="CSV/TSV column holding the text: a header name or a number from 1.",
         rich_help_panel=_INPUT,
     ),
@@ -438,6 +212,7 @@ OutputOpt = Annotated[
     typer.Option(
         "--output",
         "-o",
+        metavar="FILE",
         help="Write to FILE (atomically) instead of stdout; the format follows its extension.",
         rich_help_panel=_OUTPUT,
         show_default=False,
@@ -452,6 +227,23 @@ MetricOpt = Annotated[
         show_default=False,
     ),
 ]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No notes or progress on stderr; errors only."),
+]
+
+
+def _format_option(formats: Sequence[str], default: str) -> Any:
+    return Annotated[
+        Literal[tuple(formats)] | None,  # type: ignore[valid-type]
+        typer.Option(
+            "--format",
+            "-f",
+            help=f"Output format \\[default: {default}].",
+            rich_help_panel=_OUTPUT,
+            show_default=False,
+        ),
+    ]
 
 
 # --- what every command does around its own work -----------------------------------------
@@ -495,52 +287,31 @@ class Session:
             parts = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
             self.note(f"skipped {sum(skipped.values())} file(s) or folder(s): {parts}")
 
+    def loading(self, name: str) -> Any:
+        """A spinner on stderr while a model loads (not with -q, in a pipe, or under a bar)."""
+        if self.quiet or not self.stderr.is_terminal or self._live:
+            return nullcontext()
+        return self.stderr.status(f"loading {name} …", spinner="dots")
+
     @contextmanager
-    def encoder(self, run: Run, expected_texts: int) -> Iterator[Encoder]:
-        """An Encoder that asks the cache first and loads the model on first need."""
-        from modernbert_cli import model as model_loading
-        from modernbert_cli.cache import EmbeddingCache, default_path
-        from modernbert_cli.encoder import Encoder
+    def embedder(self, settings: Settings, expected_texts: int | None) -> Iterator[Embedder]:
+        """The command's Embedder, with this session's messages; closed at the end."""
+        from modernbert_cli.embedder import Embedder
 
-        files = model_loading.ModelFiles.find(run.model)  # a bad path fails here, torch-free
-
-        def load() -> tuple[Any, list[str]]:
-            quiet = self.quiet or not self.stderr.is_terminal or self._live
-            spinner = self.stderr.status(f"loading {run.model} …", spinner="dots")
-            with nullcontext() if quiet else spinner:
-                loaded = model_loading.load(run.spec)  # on the first device
-                return loaded, model_loading.pick_devices(run.device)
-
-        cache = None
-        if not run.no_cache:
-            cache = EmbeddingCache(default_path(), run.cache_max_mb << 20, warn=self.warn)
-        name, settings = run.identity()
-        server = None
-        if not run.no_server:
-            from modernbert_cli.client import ServerClient, ServerError, socket_path
-
-            key = run.server_key()
-            with suppress(OSError, ServerError):  # no runtime folder of ours: no server either
-                if socket_path(key).exists():  # a server for this very model and settings
-                    server = ServerClient(socket_path(key), key)
-        encoder = Encoder(
-            name=name,
-            engine_options=run.engine,
-            expected_texts=expected_texts,
-            loader=load,
-            cache=cache,
-            server=server,
+        embedder = Embedder.from_settings(
+            settings,
             note=self.note,
-            files=files,
-            settings=settings,
+            warn=self.warn,
+            loading=self.loading,
+            expected_texts=expected_texts,
         )
         try:
-            yield encoder
+            yield embedder
         finally:
-            encoder.close()
+            embedder.close()
 
     @contextmanager
-    def progress(self, encoder: Encoder, total: int) -> Iterator[None]:
+    def progress(self, embedder: Embedder, total: int) -> Iterator[None]:
         """A progress bar on stderr (texts, tokens/s, time left) for jobs worth one."""
         if self.quiet or not self.stderr.is_terminal or total < _PROGRESS_MIN_TEXTS:
             yield
@@ -565,19 +336,19 @@ class Session:
                 rate = tokens[0] / max(time.monotonic() - started, 1e-6)
                 bar.update(task, advance=texts, rate=f"{rate:,.0f} tokens/s" if tokens[0] else "")
 
-            encoder.progress = advance
+            embedder.progress = advance
             self._live = True
             try:
                 yield
             finally:
-                encoder.progress = None
+                embedder.progress = None
                 self._live = False
 
-    def report_truncated(self, truncated: int, total: int, limit: int) -> None:
-        if truncated:
+    def report_truncated(self, embedder: Embedder, total: int) -> None:
+        if embedder.truncated:
             self.note(
-                f"[yellow]{truncated} of {total} text(s) were longer than {limit} tokens and "
-                "were truncated[/] (see --max-seq-length)"
+                f"[yellow]{embedder.truncated} of {total} text(s) were longer than "
+                f"{embedder.max_seq_length} tokens and were truncated[/] (see --max-seq-length)"
             )
 
 
@@ -597,13 +368,6 @@ def _input_spec(
     )
 
 
-def _chunks(texts: Iterable[Text], size: int | None = None) -> Iterator[list[Text]]:
-    size = size or CHUNK_TEXTS  # read at call time, not fixed when the module loads
-    iterator = iter(texts)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"{PROG} {__version__}")
@@ -615,7 +379,10 @@ def main(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Show the version and exit.",
         ),
     ] = False,
 ) -> None:
@@ -626,30 +393,23 @@ def main(
 
 
 @app.command(
-    epilog=f"Examples:\n\n"
-    f'  {PROG} embed "a cat sat on the mat"\n\n'
-    f"  {PROG} embed -i sample_inputs/corpus.txt -o corpus.jsonl\n\n"
-    f"  {PROG} embed -i sample_inputs/corpus.txt -o corpus.npy --precision int8"
+    epilog=_examples(
+        'embed "a cat sat on the mat"',
+        "embed -i sample_inputs/corpus.txt -o corpus.jsonl",
+        "embed -i sample_inputs/corpus.txt -o corpus.npy --precision int8",
+    )
 )
-@run_options
 def embed(
+    ctx: typer.Context,
     texts: Annotated[
-        list[str] | None, typer.Argument(help="Texts to embed (- reads stdin).", show_default=False)
+        list[str] | None,
+        typer.Argument(metavar="TEXT", help="Texts to embed (- reads stdin).", show_default=False),
     ] = None,
     inputs: InputOpt = None,
     field: FieldOpt = None,
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
-    fmt: Annotated[
-        EmbedFormat | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Output format \\[default: table on a terminal, jsonl when piped].",
-            rich_help_panel=_OUTPUT,
-            show_default=False,
-        ),
-    ] = None,
+    fmt: _format_option(render.EMBED_FORMATS, "table on a terminal, jsonl when piped") = None,
     output: OutputOpt = None,
     normalize: Annotated[
         bool,
@@ -666,12 +426,13 @@ def embed(
             help="Quantize the embeddings (sentence-transformers' quantize_embeddings).",
             rich_help_panel=_OUTPUT,
         ),
-    ] = Precision.float32,
+    ] = "float32",
     truncate_dim: Annotated[
         int | None,
         typer.Option(
             "--truncate-dim",
             min=1,
+            metavar="N",
             help="Keep the first N dimensions (Matryoshka models).",
             rich_help_panel=_OUTPUT,
             show_default=False,
@@ -680,75 +441,88 @@ def embed(
     prompt: Annotated[
         str | None,
         typer.Option(
-            "--prompt", help="Text put before every input, e.g. 'query: '.", rich_help_panel=_MODEL
+            "--prompt",
+            metavar="TEXT",
+            help="Text put before every input, e.g. 'query: '.",
+            rich_help_panel="Model",
         ),
     ] = None,
     prompt_name: Annotated[
         str | None,
         typer.Option(
-            "--prompt-name", help="One of the model's named prompts.", rich_help_panel=_MODEL
+            "--prompt-name",
+            metavar="NAME",
+            help="One of the model's named prompts.",
+            rich_help_panel="Model",
         ),
     ] = None,
-    *,
-    run: Run,
+    quiet: QuietOpt = False,
 ) -> None:
     """Embed texts: one vector per text, as a table, JSON lines, CSV/TSV or .npy."""
-    from modernbert_cli.encoder import EncodeOptions
+    from modernbert_cli.embedder import chunks
 
-    session = Session.start(run.quiet)
-    fmt_name = render.choose_format(
-        fmt and fmt.value, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
+    session = Session.start(quiet)
+    fmt = render.choose_format(
+        fmt, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
     )
     spec = _input_spec(texts or (), inputs, field, column, documents)
     found = scan(spec, session.stdin)
     session.report_skipped(found.skipped)
-    options = EncodeOptions(
-        normalize=normalize,
-        precision=precision.value,
-        truncate_dim=truncate_dim,
-        prompt=prompt,
-        prompt_name=prompt_name,
-    )
-    with session.encoder(run, found.count) as encoder:
-        encoder.check(options)
+    options = {
+        "normalize": normalize,
+        "precision": precision,
+        "truncate_dim": truncate_dim,
+        "prompt": prompt,
+        "prompt_name": prompt_name,
+    }
+    with session.embedder(settings_of(ctx), found.count) as embedder:
+        embedder.check(**options)
         # Read, embed and write a chunk at a time: memory stays flat however long the input.
         with (
-            render.open_output(output, binary=fmt_name == "npy") as stream,
-            session.progress(encoder, found.count),
+            render.open_output(output, binary=fmt == "npy") as stream,
+            session.progress(embedder, found.count),
         ):
+            # What the vectors are, for the files similar --embeddings reads back.
             meta = {
-                "model": encoder.name,
-                "precision": precision.value,
+                "model": embedder.name,
+                "precision": precision,
                 "normalized": normalize,
                 "prompt": prompt,
                 "prompt_name": prompt_name,
                 "truncate_dim": truncate_dim,
             }
-            writer = render.EmbeddingsWriter(stream, fmt_name, meta, path=output)
-            for chunk in _chunks(iter_texts(spec, session.stdin)):
-                writer.write(chunk, encoder.encode([t.text for t in chunk], options))
+            writer = render.EmbeddingsWriter(stream, fmt, meta, path=output)
+            for chunk in chunks(iter_texts(spec, session.stdin)):
+                writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
-    session.report_truncated(encoder.truncated, found.count, encoder.max_seq_length)
+    session.report_truncated(embedder, found.count)
 
 
 # --- similar -----------------------------------------------------------------------------
 
 
 @app.command(
-    epilog=f"Examples:\n\n"
-    f'  {PROG} similar "what county is hayden in" -i sample_inputs/hayden.txt\n\n'
-    f"  {PROG} similar --queries sample_inputs/queries.txt -i sample_inputs/corpus.txt -k 3\n\n"
-    f'  grep -v "^#" notes.txt | {PROG} similar "backups" -k 5 | jq -r .text\n\n'
-    f'  {PROG} similar "volcanic eruptions" --documents -i sample_inputs/notes/'
+    epilog=_examples(
+        'similar "what county is hayden in" -i sample_inputs/hayden.txt',
+        "similar --queries sample_inputs/queries.txt -i sample_inputs/corpus.txt -k 3",
+        'similar "volcanic eruptions" --documents -i sample_inputs/notes/',
+    )
+    + f'\n\n  grep -v "^#" notes.txt | {PROG} similar "backups" -k 5 | jq -r .text'
 )
-@run_options
 def similar(
-    args: Annotated[
+    ctx: typer.Context,
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="QUERY",
+            help="What to look for (with --queries, a corpus text like the rest).",
+            show_default=False,
+        ),
+    ] = None,
+    texts: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="QUERY [TEXT]...",
-            help="The query, then corpus texts (with --queries, all are corpus texts).",
-            show_default=False,
+            metavar="TEXT", help="Corpus texts (- reads stdin); or use -i.", show_default=False
         ),
     ] = None,
     inputs: InputOpt = None,
@@ -759,6 +533,7 @@ def similar(
         str | None,
         typer.Option(
             "--queries",
+            metavar="FILE",
             help="Score every query in FILE (one per line) against the corpus, embedded once.",
             rich_help_panel=_INPUT,
             show_default=False,
@@ -768,6 +543,7 @@ def similar(
         str | None,
         typer.Option(
             "--embeddings",
+            metavar="FILE",
             help="Corpus embeddings saved by embed (.jsonl/.json; .npy with its texts via -i).",
             rich_help_panel=_INPUT,
             show_default=False,
@@ -775,55 +551,47 @@ def similar(
     ] = None,
     top_k: Annotated[
         int,
-        typer.Option("--top-k", "-k", min=1, help="Results per query.", rich_help_panel=_OUTPUT),
+        typer.Option(
+            "--top-k", "-k", min=1, metavar="N", help="Results per query.", rich_help_panel=_OUTPUT
+        ),
     ] = 10,
     threshold: Annotated[
         float | None,
         typer.Option(
             "--threshold",
+            metavar="SCORE",
             help="Only results scoring at least this.",
             rich_help_panel=_OUTPUT,
             show_default=False,
         ),
     ] = None,
     metric: MetricOpt = None,
-    fmt: Annotated[
-        SimilarFormat | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Output format \\[default: table on a terminal, jsonl when piped].",
-            rich_help_panel=_OUTPUT,
-            show_default=False,
-        ),
-    ] = None,
+    fmt: _format_option(render.SIMILAR_FORMATS, "table on a terminal, jsonl when piped") = None,
     output: OutputOpt = None,
-    *,
-    run: Run,
+    quiet: QuietOpt = False,
 ) -> None:
     """Rank texts by similarity to a query: the best matches first."""
-    from modernbert_cli import saved, scoring
-    from modernbert_cli.encoder import EncodeOptions
+    from modernbert_cli import saved
 
-    session = Session.start(run.quiet)
-    fmt_name = render.choose_format(
-        fmt and fmt.value, output, render.SIMILAR_FORMATS, "jsonl", session.stdout_is_terminal
+    session = Session.start(quiet)
+    fmt = render.choose_format(
+        fmt, output, render.SIMILAR_FORMATS, "jsonl", session.stdout_is_terminal
     )
-    args = list(args or ())
+    corpus_args = [query, *(texts or ())] if query is not None else []
     if queries is not None:
         query_texts = read_file(queries, InputSpec(field=field, column=column), session.stdin)
-    elif not args:
+    elif query is None:
         raise UsageError("missing QUERY: give a query, or many with --queries FILE")
+    elif not query.strip():
+        raise UsageError("QUERY is empty")
     else:
-        query = args.pop(0)
-        if not query.strip():
-            raise UsageError("QUERY is empty")
         query_texts = [Text(query, "<query>")]
+        corpus_args = corpus_args[1:]
 
-    spec = _input_spec(args, inputs, field, column, documents)
+    spec = _input_spec(corpus_args, inputs, field, column, documents)
     stored = None
     if embeddings is not None:
-        labels = read_texts(spec, session.stdin).texts if (args or inputs) else []
+        labels = read_texts(spec, session.stdin).texts if (corpus_args or inputs) else []
         stored = saved.load(embeddings, labels)
         corpus_size = len(stored.texts)
     else:
@@ -831,44 +599,42 @@ def similar(
         session.report_skipped(found.skipped)
         corpus_size = found.count
 
-    options = EncodeOptions()
-    with session.encoder(run, len(query_texts) + corpus_size) as encoder:
-        metric_name = metric.value if metric else encoder.similarity_fn_name
-        best = scoring.TopK(len(query_texts), metric_name, k=top_k, threshold=threshold)
-        query_vectors = encoder.encode([q.text for q in query_texts], options, role="query")
+    total = len(query_texts) + corpus_size
+    with session.embedder(settings_of(ctx), total) as embedder:
+        metric = metric or embedder.similarity_fn_name
         if stored is not None:
-            _check_stored(stored, embeddings, encoder, query_vectors.shape[1], session)
-            best.add(query_vectors, stored.embeddings, stored.texts)
-        else:
-            # The corpus streams through in chunks; only the best k per query are kept.
-            with session.progress(encoder, corpus_size):
-                for chunk in _chunks(iter_texts(spec, session.stdin)):
-                    vectors = encoder.encode([t.text for t in chunk], options, role="document")
-                    best.add(query_vectors, vectors, chunk)
-    session.report_truncated(
-        encoder.truncated, len(query_texts) + corpus_size, encoder.max_seq_length
-    )
+            _check_stored(stored, embeddings, embedder, session)
+        with session.progress(embedder, total):
+            try:
+                results = embedder.similar_many(
+                    query_texts,
+                    stored.texts if stored else iter_texts(spec, session.stdin),
+                    top_k=top_k,
+                    threshold=threshold,
+                    metric=metric,
+                    corpus_embeddings=stored.embeddings if stored else None,
+                )
+            except SettingError as error:
+                if error.setting != "corpus_embeddings":
+                    raise
+                raise UsageError(
+                    f"--embeddings {embeddings} {error.reason}: use the model that made them"
+                ) from None
+    session.report_truncated(embedder, total)
     with render.open_output(output) as stream:
-        render.write_hits(stream, fmt_name, query_texts, best.results(), metric_name)
+        render.write_hits(stream, fmt, query_texts, results, metric)
 
 
-def _check_stored(
-    stored: SavedCorpus, path: str, encoder: Encoder, dimensions: int, session: Session
-) -> None:
+def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
     """Saved embeddings must come from the model that embeds the queries."""
-    if stored.model is not None and stored.model != encoder.name:
+    if stored.model is not None and stored.model != embedder.name:
         raise UsageError(
             f"--embeddings {path} was made with model '{stored.model}', not "
-            f"'{encoder.name}': pass -m {stored.model}"
+            f"'{embedder.name}': pass -m {stored.model}"
         )
-    if stored.embeddings.shape[1] != dimensions:
-        raise UsageError(
-            f"--embeddings {path} has {stored.embeddings.shape[1]} dimensions but model "
-            f"'{encoder.name}' makes {dimensions}: use the model that made them"
-        )
-    if encoder.prompt_for("document"):
+    if embedder.prompts.get("document"):
         session.note(
-            f"model '{encoder.name}' has a document prompt; the saved embeddings should be "
+            f"model '{embedder.name}' has a document prompt; the saved embeddings should be "
             "made with: embed --prompt-name document"
         )
 
@@ -877,18 +643,20 @@ def _check_stored(
 
 
 @app.command(
-    epilog=f"Examples:\n\n"
-    f"  {PROG} matrix -i sample_inputs/hayden.txt\n\n"
-    f"  {PROG} matrix -i sample_inputs/hayden.txt --format list\n\n"
-    f"  {PROG} matrix -i sample_inputs/queries.txt --against sample_inputs/corpus.txt "
-    f"-o scores.csv\n\n"
-    f"  {PROG} matrix --pairwise -i sample_inputs/pairs.tsv --format tsv"
+    epilog=_examples(
+        "matrix -i sample_inputs/hayden.txt",
+        "matrix -i sample_inputs/hayden.txt --format list",
+        "matrix -i sample_inputs/queries.txt --against sample_inputs/corpus.txt -o scores.csv",
+        "matrix --pairwise -i sample_inputs/pairs.tsv --format tsv",
+    )
 )
-@run_options
 def matrix(
+    ctx: typer.Context,
     texts: Annotated[
         list[str] | None,
-        typer.Argument(help="Texts to compare (- reads stdin).", show_default=False),
+        typer.Argument(
+            metavar="TEXT", help="Texts to compare (- reads stdin).", show_default=False
+        ),
     ] = None,
     inputs: InputOpt = None,
     field: FieldOpt = None,
@@ -898,6 +666,7 @@ def matrix(
         str | None,
         typer.Option(
             "--against",
+            metavar="FILE",
             help="Score the inputs against the texts of FILE (N×M) instead of each other.",
             rich_help_panel=_INPUT,
             show_default=False,
@@ -912,29 +681,18 @@ def matrix(
         ),
     ] = False,
     metric: MetricOpt = None,
-    fmt: Annotated[
-        MatrixFormat | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Output format \\[default: table on a terminal; csv when piped, tsv with "
-            "--pairwise].",
-            rich_help_panel=_OUTPUT,
-            show_default=False,
-        ),
-    ] = None,
+    fmt: _format_option(
+        render.MATRIX_FORMATS, "table on a terminal; csv when piped, tsv with --pairwise"
+    ) = None,
     output: OutputOpt = None,
-    *,
-    run: Run,
+    quiet: QuietOpt = False,
 ) -> None:
     """Score texts against each other: an N×N matrix, N×M with --against, or pairs."""
-    from modernbert_cli import scoring
-    from modernbert_cli.encoder import EncodeOptions
     from modernbert_cli.inputs import read_pairs
 
-    session = Session.start(run.quiet)
-    fmt_name = render.choose_format(
-        fmt and fmt.value,
+    session = Session.start(quiet)
+    fmt = render.choose_format(
+        fmt,
         output,
         render.MATRIX_FORMATS,
         "tsv" if pairwise else "csv",
@@ -945,72 +703,64 @@ def matrix(
         rows, columns = read_pairs(spec, session.stdin)
     else:
         rows = read_texts(spec, session.stdin).texts
-        columns = (
-            read_file(
-                against, InputSpec(field=field, column=column, documents=documents), session.stdin
-            )
-            if against
-            else rows
-        )
+        other = InputSpec(field=field, column=column, documents=documents)
+        columns = read_file(against, other, session.stdin) if against else None
     if pairwise and len(rows) != len(columns):
         raise UsageError(
             f"--pairwise needs as many inputs as --against texts: {len(rows)} vs {len(columns)}"
         )
-    if fmt_name == "table" and not pairwise:
-        render.check_table_fits(len(rows), len(columns), session.stdout_width)
+    if fmt == "table" and not pairwise:
+        render.check_table_fits(len(rows), len(columns or rows), session.stdout_width)
 
     # Every score needs every embedding: a matrix is held whole (csv/tsv stream its rows).
-    total = len(rows) + (0 if columns is rows else len(columns))
-    options = EncodeOptions()
-    with session.encoder(run, total) as encoder, session.progress(encoder, total):
-        row_vectors = encoder.encode([t.text for t in rows], options)
-        column_vectors = (
-            row_vectors if columns is rows else encoder.encode([t.text for t in columns], options)
-        )
-        metric_name = metric.value if metric else encoder.similarity_fn_name
-    session.report_truncated(encoder.truncated, total, encoder.max_seq_length)
-    with render.open_output(output, binary=fmt_name == "npy") as stream:
+    total = len(rows) + len(columns or ())
+    with session.embedder(settings_of(ctx), total) as embedder, session.progress(embedder, total):
+        metric = metric or embedder.similarity_fn_name
         if pairwise:
-            render.write_pairs(
-                stream,
-                fmt_name,
-                rows,
-                columns,
-                scoring.pairwise(row_vectors, column_vectors, metric_name),
-            )
+            scores = embedder.pairwise(rows, columns, metric=metric)
         else:
-            render.write_matrix(
-                stream,
-                fmt_name,
-                rows,
-                columns if against else None,
-                scoring.matrix(row_vectors, column_vectors, metric_name),
-            )
+            scores = embedder.matrix(rows, columns, metric=metric)
+    session.report_truncated(embedder, total)
+    with render.open_output(output, binary=fmt == "npy") as stream:
+        if pairwise:
+            render.write_pairs(stream, fmt, rows, columns, scores)
+        else:
+            render.write_matrix(stream, fmt, rows, columns, scores)
 
 
 # --- serve -------------------------------------------------------------------------------
 
-
-@app.command(
-    epilog=f"Examples:\n\n"
-    f"  {PROG} serve --detach -m minilm\n\n"
-    f'  {PROG} similar "what county is hayden in" -i sample_inputs/hayden.txt -m minilm\n\n'
-    f"  {PROG} serve --status\n\n"
-    f"  {PROG} serve --stop -m minilm\n\n"
-    f"  {PROG} serve -m minilm --http 127.0.0.1:8080"
+serve_app = typer.Typer(
+    help="Keep a model warm: embed, similar and matrix use it and answer in a fraction of a "
+    "second.",
+    epilog=_examples(
+        "serve --detach -m minilm",
+        'similar "what county is hayden in" -i sample_inputs/hayden.txt -m minilm',
+        "serve status",
+        "serve stop -m minilm",
+        "serve -m minilm --http 127.0.0.1:8080",
+    ),
+    invoke_without_command=True,
+    **_TYPER,
 )
-@run_options
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.callback()
 def serve(
+    ctx: typer.Context,
     detach: Annotated[
-        bool, typer.Option("--detach", help="Start in the background and return when ready.")
-    ] = False,
-    status: Annotated[bool, typer.Option("--status", help="List the running servers.")] = False,
-    stop: Annotated[
-        bool, typer.Option("--stop", help="Stop the server of this model and settings.")
+        bool,
+        typer.Option("--detach", help="Start in the background and return when ready."),
     ] = False,
     idle_timeout: Annotated[
         float,
-        typer.Option("--idle-timeout", min=0.01, help="Minutes without a request before exiting."),
+        typer.Option(
+            "--idle-timeout",
+            min=0.01,
+            metavar="MINUTES",
+            help="Minutes without a request before exiting.",
+        ),
     ] = 30.0,
     http: Annotated[
         str | None,
@@ -1021,100 +771,141 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    *,
-    run: Run,
+    status: Annotated[bool, typer.Option("--status", hidden=True)] = False,
+    stop: Annotated[bool, typer.Option("--stop", hidden=True)] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Keep a model warm: embed, similar and matrix use it and answer in a fraction of a second."""
-    from modernbert_cli import client
-
-    session = Session.start(run.quiet)
+    if ctx.invoked_subcommand is not None:
+        return
+    session = Session.start(quiet)
     if sum((detach, status, stop)) > 1:
         raise UsageError("--detach, --status and --stop exclude each other")
-    try:
-        client.runtime_dir()
-    except (OSError, client.ServerError) as error:
-        raise UsageError(f"no runtime folder for servers: {error}") from None
-    if status:
-        render.write_servers(sys.stdout, _servers(session))
+    settings = settings_of(ctx)
+    if status:  # the flags of 1.0, kept for one release
+        _status(session)
+        session.warn("'serve --status' is deprecated: use 'serve status'")
         return
-    address = _http_address(http) if http else None
-    name, _ = run.identity()
-    key = run.server_key()
-    path = client.socket_path(key)
     if stop:
-        connection = client.ServerClient(path, key)
-        try:
-            connection.request({"op": "stop"})
-        except client.ServerError:
-            raise UsageError(f"no server runs {run.model} with these settings") from None
-        finally:
-            connection.close()
-        client.wait_removed(path)  # stopped means gone: a new server may start at once
-        session.note(f"stopped the server of {run.model}")
+        _stop(session, settings.model)
+        session.warn("'serve --stop' is deprecated: use 'serve stop -m MODEL'")
         return
-    if client.is_alive(path, key):
-        raise UsageError(f"a server for {run.model} already runs on {path}")
-    if detach:
-        _start_detached(session, run, idle_timeout, http, path, key)
-        return
-    _serve_here(session, run, name, key, path, idle_timeout * 60, address)
+    _serve(session, settings, detach, idle_timeout, http)
 
 
-def _serve_here(
-    session: Session,
-    run: Run,
-    name: str,
-    key: str,
-    path: Any,
-    idle_seconds: float,
-    address: tuple[str, int] | None,
+def _serve(
+    session: Session, settings: Settings, detach: bool, idle_timeout: float, http: str | None
 ) -> None:
-    from modernbert_cli import model as model_loading
-    from modernbert_cli.encoder import Encoder
+    from modernbert_cli import client
+    from modernbert_cli.embedder import Embedder
+
+    _runtime_dir()
+    address = _http_address(http) if http else None
+    # The server computes what its clients lack: no cache, no server of its own.
+    embedder = Embedder.from_settings(
+        replace(settings, cache=False, server=False),
+        note=session.note,
+        warn=session.warn,
+        loading=session.loading,
+    )
+    key = embedder.server_key()
+    path = client.socket_path(key)
+    if client.is_alive(path, key):
+        raise UsageError(f"a server for {settings.model} already runs on {path}")
+    if detach:
+        args = ["serve", *settings.argv(), "--idle-timeout", str(idle_timeout)]
+        args += ["--http", http] if http else []
+        try:
+            pid, log = client.start_detached(args, path, key)
+        except client.ServerError as error:
+            raise CliError(str(error)) from None
+        session.note(f"server of {settings.model} started (pid {pid}); log: {log}")
+        return
     from modernbert_cli.server import Backend
     from modernbert_cli.server import serve as serve_forever
 
-    with (
-        session.stderr.status(f"loading {run.model} …")
-        if session.stderr.is_terminal
-        else (nullcontext())
-    ):
-        loaded = model_loading.load(run.spec)
-        encoder = Encoder(
-            loaded, name, model_loading.pick_devices(run.device), run.engine, expected_texts=None
-        )
-    backend = Backend(encoder, key, idle_seconds)
+    embedder.load()
+    backend = Backend(embedder.encoder, key, idle_timeout * 60)
     try:
         serve_forever(
-            backend, path, address, ready=lambda where: session.note(f"serving {name} on {where}")
+            backend,
+            path,
+            address,
+            ready=lambda where: session.note(f"serving {embedder.name} on {where}"),
         )
     except OSError as error:
         raise UsageError(f"cannot serve: {error.strerror or error}") from None
 
 
-def _start_detached(
-    session: Session, run: Run, idle_timeout: float, http: str | None, path: Any, key: str
+@serve_app.command("status")
+def serve_status(quiet: QuietOpt = False) -> None:
+    """List the running servers: model, pid, requests, uptime, socket."""
+    _status(Session.start(quiet))
+
+
+@serve_app.command("stop")
+def serve_stop(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME",
+            help="Stop the servers of this model.",
+            show_default=False,
+        ),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Stop every server of this user.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Start ``serve`` in the background with these options; return once it answers."""
+    """Stop the servers of a model (or all of them)."""
+    session = Session.start(quiet)
+    if (model is None) == (not all_):
+        raise UsageError("give the model to stop with -m NAME, or --all")
+    _stop(session, model)
+
+
+def _runtime_dir() -> None:
     from modernbert_cli import client
 
-    args = ["serve", *run.argv(), "--idle-timeout", str(idle_timeout)]
-    args += ["--http", http] if http else []
     try:
-        pid, log = client.start_detached(args, path, key)
-    except client.ServerError as error:
-        raise CliError(str(error)) from None
-    session.note(f"server of {run.model} started (pid {pid}); log: {log}")
+        client.runtime_dir()
+    except (OSError, client.ServerError) as error:
+        raise UsageError(f"no runtime folder for servers: {error}") from None
 
 
-def _servers(session: Session) -> list[dict[str, Any]]:
-    """Every server of this user that answers; stale sockets are removed, with a note."""
+def _status(session: Session) -> None:
     from modernbert_cli.client import running_servers
 
+    _runtime_dir()
     servers, stale = running_servers()
     for path in stale:
         session.note(f"removed a stale socket: {path}")
-    return servers
+    render.write_servers(sys.stdout, servers)
+
+
+def _stop(session: Session, model: str | None) -> None:
+    """Stop the servers of ``model`` (every server when None)."""
+    from modernbert_cli import client
+    from modernbert_cli.model import canonical_name
+
+    _runtime_dir()
+    wanted = canonical_name(model) if model is not None else None
+    servers, _ = client.running_servers()
+    chosen = [s for s in servers if wanted is None or s["model"] == wanted]
+    if not chosen:
+        raise UsageError(f"no server runs {model}" if model else "no server runs")
+    for info in chosen:
+        path = Path(info["socket"])
+        connection = client.ServerClient(path)
+        try:
+            connection.request({"op": "stop"})
+        except client.ServerError:
+            continue  # it went away by itself meanwhile
+        finally:
+            connection.close()
+        client.wait_removed(path)  # stopped means gone: a new server may start at once
+        session.note(f"stopped the server of {info['model']} (pid {info['pid']})")
 
 
 def _http_address(value: str) -> tuple[str, int]:
@@ -1126,40 +917,76 @@ def _http_address(value: str) -> tuple[str, int]:
 
 # --- cache -------------------------------------------------------------------------------
 
-
-@app.command(
-    epilog=f"Examples:\n\n"
-    f"  {PROG} cache\n\n"
-    f"  {PROG} cache --clear\n\n"
-    f"  {PROG} cache --clear --model minilm"
+cache_app = typer.Typer(
+    help="Show the embedding cache (where, how big, hits per model), or clear it.",
+    epilog=_examples("cache", "cache clear", "cache clear --model minilm"),
+    invoke_without_command=True,
+    **_TYPER,
 )
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.callback()
 def cache(
-    clear: Annotated[bool, typer.Option("--clear", help="Delete the cached embeddings.")] = False,
+    ctx: typer.Context,
+    clear: Annotated[bool, typer.Option("--clear", hidden=True)] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", hidden=True)] = None,
+) -> None:
+    """Show the embedding cache (where, how big, hits per model), or clear it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    session = Session.start(quiet=False)
+    if clear:  # the flags of 1.0, kept for one release
+        _clear(session, model)
+        session.warn("'cache --clear' is deprecated: use 'cache clear'")
+    elif model is not None:
+        raise UsageError("--model goes with 'cache clear'")
+    else:
+        _cache_info(session)
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the cache is, its size, and entries, hits and misses per model."""
+    _cache_info(Session.start(quiet=False))
+
+
+@cache_app.command("clear")
+def cache_clear(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", "-m", help="With --clear: only this model's (as named when cached)."
+            "--model",
+            "-m",
+            metavar="NAME",
+            help="Only this model's entries (as named when cached).",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
-    """Show the embedding cache (where, how big, hits per model), or clear it."""
-    from modernbert_cli.cache import EmbeddingCache, default_path
-    from modernbert_cli.model import canonical_name
+    """Delete the cached embeddings (of every model, or of one)."""
+    _clear(Session.start(quiet=False), model)
 
-    session = Session.start(quiet=False)
+
+def _cache_info(session: Session) -> None:
+    from modernbert_cli.cache import EmbeddingCache, default_path
+
     store = EmbeddingCache(default_path(), warn=session.warn)
-    if model is not None and not clear:
-        raise UsageError("--model goes with --clear")
-    if clear:
-        deleted = store.clear(canonical_name(model) if model else None)
-        if deleted is None:  # the file was damaged: it went whole
-            session.note(f"deleted the damaged cache file {store.path} (every model's entries)")
-        else:
-            session.note(f"deleted {deleted:,} cached embedding(s) from {store.path}")
-        return
     # Looking must not create the file: an absent cache is shown as empty.
     models = store.stats() if store.path.exists() else []
     render.write_cache_stats(sys.stdout, store.path, store.size_bytes(), models)
+
+
+def _clear(session: Session, model: str | None) -> None:
+    from modernbert_cli.cache import EmbeddingCache, default_path
+    from modernbert_cli.model import canonical_name
+
+    store = EmbeddingCache(default_path(), warn=session.warn)
+    deleted = store.clear(canonical_name(model) if model else None)
+    if deleted is None:  # the file was damaged: it went whole
+        session.note(f"deleted the damaged cache file {store.path} (every model's entries)")
+    else:
+        session.note(f"deleted {deleted:,} cached embedding(s) from {store.path}")
 
 
 # --- running -----------------------------------------------------------------------------
@@ -1170,32 +997,20 @@ def run(argv: Sequence[str]) -> int:
     argv = list(argv)
     debug = _take_flag(argv, "--debug") or bool(os.environ.get("MODERNBERT_CLI_DEBUG"))
     stderr = Console(stderr=True, highlight=False)
-    command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except getattr(click.exceptions, "NoArgsIsHelpError", ()):  # click >= 8.2
-        return ExitStatus.USAGE  # the help is already shown; exit 2 as click does
-    except click.exceptions.UsageError as error:
-        hint = (
-            f"{PROG} {error.ctx.info_name} --help"
-            if error.ctx and error.ctx.parent
-            else f"{PROG} --help"
-        )
-        _error(stderr, error.format_message(), f"(see '{hint}')")
-        return ExitStatus.USAGE
-    except typer.Abort:  # click.exceptions.Abort in older typer
+        result = _command().main(args=argv, prog_name=PROG, standalone_mode=False)
+    except typer.Abort:
         _error(stderr, "interrupted")
         return ExitStatus.INTERRUPTED
-    except click.exceptions.ClickException as error:
-        _error(stderr, error.format_message())
-        return error.exit_code
+    except typer.TyperException as error:  # click's own errors (bad option, bad value)
+        return _click_error(stderr, error)
     except StdoutClosed:
         _silence_stdout()
         return ExitStatus.BROKEN_PIPE
     except CliError as error:
         if debug:
             traceback.print_exc()
-        _error(stderr, str(error))
+        _error(stderr, _message(error))
         return error.status
     except Exception as error:
         if debug:
@@ -1210,6 +1025,27 @@ def run(argv: Sequence[str]) -> int:
     if result == ExitStatus.INTERRUPTED:
         _error(stderr, "interrupted")
     return int(result or 0)
+
+
+def _message(error: CliError) -> str:
+    """The core words an error by its settings' names; here, by the options' flags."""
+    if isinstance(error, SettingError):
+        where = flag(error.setting) + (f" {error.value}" if error.has_value else "")
+        return f"{where}: {error.reason}"
+    return str(error)
+
+
+def _click_error(stderr: Console, error: Exception) -> int:
+    code = int(getattr(error, "exit_code", ExitStatus.USAGE))
+    if type(error).__name__ == "NoArgsIsHelpError":
+        return ExitStatus.USAGE  # the help is already shown; exit 2 as click does
+    context = getattr(error, "ctx", None)
+    if code == ExitStatus.USAGE and context is not None:
+        hint = f"{context.command_path} --help"
+        _error(stderr, error.format_message(), f"(see '{hint}')")
+    else:
+        _error(stderr, error.format_message())
+    return code
 
 
 def _take_flag(argv: list[str], flag: str) -> bool:

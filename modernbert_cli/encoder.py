@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from modernbert_cli.engine import Engine, EngineOptions, ProgressFn, token_counts
-from modernbert_cli.errors import UsageError
+from modernbert_cli.errors import SettingError
 
 if TYPE_CHECKING:
     from modernbert_cli.cache import EmbeddingCache
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from modernbert_cli.model import ModelFiles
 
 Role = Literal["query", "document"]
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
 
 @dataclass(frozen=True)
@@ -94,14 +93,10 @@ class Encoder:
         if _engine_can_run(model):
             self._engine = Engine(model, devices, self._engine_options, self._expected)
         elif len(devices) > 1 or self._engine_options.quantize != "none":
-            raise UsageError(
-                f"model '{self.name}' is not a plain text model: several devices and "
-                "--quantize are not available for it"
+            setting = "device" if len(devices) > 1 else "quantize"
+            raise SettingError(
+                setting, f"model '{self.name}' is not a plain text model: not available for it"
             )
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
 
     @property
     def model(self) -> Any:
@@ -139,20 +134,15 @@ class Encoder:
         """The model's own prompt for ``role`` ("" when it has none)."""
         return self.prompts.get(role) or ""
 
-    @property
-    def dimensions(self) -> int:
-        get = getattr(self.model, "get_embedding_dimension", None)  # sentence-transformers >= 6
-        return int(get() if get else self.model.get_sentence_embedding_dimension())
-
     def check(self, options: EncodeOptions) -> None:
         """Reject options that cannot make sense, before any work is done."""
         if options.prompt is not None and options.prompt_name is not None:
-            raise UsageError("--prompt and --prompt-name exclude each other")
+            raise SettingError("prompt", "prompt and prompt_name exclude each other")
         known = sorted(k for k, v in self.prompts.items() if v)
         if options.prompt_name is not None and options.prompt_name not in known:
-            raise UsageError(
-                f"--prompt-name '{options.prompt_name}': model '{self.name}' defines "
-                + (f"the prompts {', '.join(known)}" if known else "no prompts")
+            defined = f"the prompts {', '.join(known)}" if known else "no prompts"
+            raise SettingError(
+                "prompt_name", f"model '{self.name}' defines {defined}", options.prompt_name
             )
 
     def close(self) -> None:
@@ -183,8 +173,10 @@ class Encoder:
         self.truncated += int(truncated.sum())
         if options.truncate_dim is not None:
             if not 1 <= options.truncate_dim <= raw.shape[1]:
-                raise UsageError(
-                    f"--truncate-dim must be between 1 and the model's {raw.shape[1]} dimensions"
+                raise SettingError(
+                    "truncate_dim",
+                    f"must be between 1 and the model's {raw.shape[1]} dimensions",
+                    options.truncate_dim,
                 )
             raw = raw[:, : options.truncate_dim]
         if options.normalize:  # as torch.nn.functional.normalize, which encode uses
@@ -201,7 +193,7 @@ class Encoder:
             return self._compute(texts, options, role)
         from modernbert_cli.cache import text_key
 
-        fingerprint = self._fingerprint(options, role)
+        fingerprint = self.fingerprint(options, role)
         keys = [text_key(text) for text in texts]
         found = self.cache.lookup(fingerprint, keys)
         missing = list({k: i for i, k in enumerate(keys) if k not in found}.values())
@@ -227,7 +219,7 @@ class Encoder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Vectors for texts the cache lacks: from a warm server if there is one, else here."""
         self.check(options)
-        prompt = self._prompt_text(options, role)
+        prompt = self.prompt_text(options, role)
         if self.server is not None:
             from modernbert_cli.client import ServerError
 
@@ -257,7 +249,7 @@ class Encoder:
         )
         return vectors, truncated
 
-    def _fingerprint(self, options: EncodeOptions, role: Role | None) -> str:
+    def fingerprint(self, options: EncodeOptions, role: Role | None) -> str:
         """The cache key of the model as it runs now, with this prompt (and task)."""
         from modernbert_cli.cache import fingerprint
 
@@ -266,7 +258,7 @@ class Encoder:
             _ = self.model  # a hub model not yet downloaded: its files come with it
             self.files = files = files.refreshed()
         # The prompt text, not how it was asked for: embed and similar share entries.
-        prompt = self._prompt_text(options, role)
+        prompt = self.prompt_text(options, role)
         task = role if files is not None and files.has_router() else None
         key = (prompt, task)
         if key not in self._fingerprints:
@@ -299,15 +291,16 @@ class Encoder:
             key = role or ""
             if key not in self._ranges:
                 if len(vectors) < 2:
-                    raise UsageError(
-                        f"--precision {precision} calibrates its ranges on the texts "
-                        "themselves: give at least two"
+                    raise SettingError(
+                        "precision",
+                        "calibrates its ranges on the texts themselves: give at least two",
+                        precision,
                     )
                 self._ranges[key] = np.vstack([vectors.min(axis=0), vectors.max(axis=0)])
             return quantize_embeddings(vectors, precision=precision, ranges=self._ranges[key])
         return quantize_embeddings(vectors, precision=precision)
 
-    def _prompt_text(self, options: EncodeOptions, role: Role | None) -> str:
+    def prompt_text(self, options: EncodeOptions, role: Role | None) -> str:
         """The text sentence-transformers puts before each input (as ``_resolve_prompt``)."""
         if options.prompt is not None:
             return options.prompt

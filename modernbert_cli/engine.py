@@ -38,20 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modernbert_cli import attention
-from modernbert_cli.errors import UsageError
+from modernbert_cli.errors import SettingError
+from modernbert_cli.settings import CPU_BATCH_TOKENS, DTYPES, GPU_BATCH_TOKENS
 
 if TYPE_CHECKING:
     import numpy as np
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-COMPILE_MODES = ("auto", "on", "off")
-QUANTIZE_MODES = ("none", "int8")
-
-# Padded tokens per batch. On a CPU small batches run fastest (measured on 2 cores:
-# ModernBERT-base at 512/1,024/2,048/4,096 tokens ran 1.43x/1.32x/1.12x/0.94x the speed
-# of encode's batches of 32); a GPU needs large batches to be kept busy.
-CPU_BATCH_TOKENS = 1024
-GPU_BATCH_TOKENS = 65536
 # More characters than this per token are rare (English averages about four).
 _CHARS_PER_TOKEN_BOUND = 16
 # A clipped document keeps at least this many tokens beyond the limit, so that the
@@ -110,7 +102,7 @@ class Engine:
         self.devices = [torch.device(d) for d in devices]
         self.on_gpu = self.devices[0].type == "cuda"
         if options.quantize == "int8" and any(d.type != "cpu" for d in self.devices):
-            raise UsageError("--quantize int8 runs on the CPU only (use --dtype on a GPU)")
+            raise SettingError("quantize", "runs on the CPU only (use dtype on a GPU)", "int8")
         self.dtype = _pick_dtype(options.dtype, self.devices[0])
         self.budget = options.max_batch_tokens or (
             GPU_BATCH_TOKENS if self.on_gpu else CPU_BATCH_TOKENS
@@ -403,7 +395,7 @@ def _pick_dtype(name: str, device: Any) -> Any:
     import torch
 
     if name not in DTYPES:
-        raise UsageError(f"--dtype {name}: choose from {', '.join(DTYPES)}")
+        raise SettingError("dtype", f"choose from {', '.join(DTYPES)}", name)
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16

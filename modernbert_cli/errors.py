@@ -41,6 +41,28 @@ class UsageError(CliError):
     status = ExitStatus.USAGE
 
 
+class SettingError(UsageError):
+    """A setting or keyword whose value cannot work, in the library's own terms.
+
+    ``setting`` is the keyword's name (``device``, ``truncate_dim``); the command line
+    words it with the option's flag instead (``--device cuda: …``).
+
+    >>> str(SettingError("device", "no CUDA GPU is available here", "cuda"))
+    "device='cuda': no CUDA GPU is available here"
+    """
+
+    _UNSET = object()
+
+    def __init__(self, setting: str, reason: str, value: object = _UNSET) -> None:
+        self.setting, self.reason, self.value = setting, reason, value
+        shown = "" if value is self._UNSET else f"={value!r}"
+        super().__init__(f"{setting}{shown}: {reason}")
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not self._UNSET
+
+
 class InputError(CliError):
     """Input that cannot be read: names the file (and line) at fault."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from modernbert_cli.errors import ModelError, UsageError
+from modernbert_cli.errors import ModelError, SettingError
 
 DEFAULT_MODEL = "joe32140/ModernBERT-base-msmarco"
 MODEL_ENV = "MODERNBERT_CLI_MODEL"
@@ -249,17 +249,16 @@ def pick_device(requested: str) -> str:
 
     kind = requested.split(":", 1)[0]
     if kind not in DEVICES:
-        raise UsageError(
-            f"--device: unknown device '{requested}' (choose from {', '.join(DEVICES)})"
-        )
+        choices = ", ".join(DEVICES)
+        raise SettingError("device", f"unknown device (choose from {choices})", requested)
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if kind == "auto":
         return "cuda" if cuda else "mps" if mps else "cpu"
     if kind == "cuda" and not cuda:
-        raise UsageError("--device cuda: no CUDA GPU is available here (try --device cpu)")
+        raise SettingError("device", "no CUDA GPU is available here (try cpu)", requested)
     if kind == "mps" and not mps:
-        raise UsageError("--device mps: Apple's MPS is not available here (try --device cpu)")
+        raise SettingError("device", "Apple's MPS is not available here (try cpu)", requested)
     return requested
 
 
@@ -267,18 +266,18 @@ def pick_devices(requested: str) -> list[str]:
     """A comma-separated list (``cuda:0,cuda:1``) of devices to share the work, each checked."""
     names = [name.strip() for name in requested.split(",")]
     if not any(names):
-        raise UsageError("--device: empty device list")
+        raise SettingError("device", "empty device list", requested)
     if not all(names):
-        raise UsageError(f"--device {requested}: a name in the list is empty")
+        raise SettingError("device", "a name in the list is empty", requested)
     if len(names) > 1 and "auto" in names:
-        raise UsageError("--device: 'auto' cannot be part of a list")
+        raise SettingError("device", "'auto' cannot be part of a list", requested)
     devices = [pick_device(name) for name in names]
     torch = _import_torch()
     for device in devices:
         kind, _, index = device.partition(":")
         count = torch.cuda.device_count()
         if kind == "cuda" and index and (not index.isdigit() or int(index) >= count):
-            raise UsageError(f"--device {device}: this machine has {count} CUDA device(s)")
+            raise SettingError("device", f"this machine has {count} CUDA device(s)", device)
     return devices
 
 
@@ -332,9 +331,9 @@ def _set_max_seq_length(model: Any, value: int) -> None:
     limit = getattr(getattr(model[0], "auto_model", None), "config", None)
     limit = getattr(limit, "max_position_embeddings", None)
     if value < 1:
-        raise UsageError("--max-seq-length must be at least 1")
+        raise SettingError("max_seq_length", "must be at least 1", value)
     if limit is not None and value > limit:
-        raise UsageError(f"--max-seq-length {value} exceeds the model's limit of {limit} tokens")
+        raise SettingError("max_seq_length", f"exceeds the model's limit of {limit} tokens", value)
     model.max_seq_length = value
 
 

@@ -14,13 +14,14 @@ numpy arrays).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-METRICS = ("cosine", "dot", "euclidean", "manhattan")
+from modernbert_cli.errors import SettingError
+from modernbert_cli.settings import METRICS
 
 # Rows of the score matrix computed at once when ranking: bounds memory for big
 # query sets against big corpora (rows × corpus × 4 bytes).
@@ -35,6 +36,16 @@ class Hit:
     index: int
     score: float
     item: Any = None
+
+    @property
+    def text(self) -> str:
+        """The text ranked (``item`` itself, or its ``.text``)."""
+        return getattr(self.item, "text", self.item)
+
+    @property
+    def source(self) -> str | None:
+        """Where the text came from (``notes.txt:12``), when the item says."""
+        return getattr(self.item, "source", None)
 
 
 # Manhattan needs rows × columns × dimensions of work space: this many elements at once.
@@ -51,23 +62,40 @@ def _unit(array: np.ndarray) -> np.ndarray:
     return array / np.maximum(norms, 1e-12)
 
 
+def _manhattan_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty((len(a), len(b)))
+    rows = max(1, _MANHATTAN_BLOCK // max(1, len(b) * a.shape[1]))
+    for start in range(0, len(a), rows):
+        block = a[start : start + rows, None, :] - b[None, :, :]
+        out[start : start + rows] = -np.abs(block).sum(-1)
+    return out
+
+
+def _euclidean_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * (a @ b.T)
+    return -np.sqrt(np.maximum(squared, 0.0))
+
+
+# Each metric, twice: all pairs (``out[i, j]``) and row by row (``out[i]``), on float64 rows.
+_METRICS: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]] = {
+    "cosine": (lambda a, b: _unit(a) @ _unit(b).T, lambda a, b: (_unit(a) * _unit(b)).sum(1)),
+    "dot": (lambda a, b: a @ b.T, lambda a, b: (a * b).sum(1)),
+    "euclidean": (_euclidean_pairs, lambda a, b: -np.linalg.norm(a - b, axis=1)),
+    "manhattan": (_manhattan_pairs, lambda a, b: -np.abs(a - b).sum(1)),
+}
+assert tuple(_METRICS) == METRICS
+
+
+def _metric(name: str) -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
+    try:
+        return _METRICS[name]
+    except KeyError:
+        raise SettingError("metric", f"choose from {', '.join(METRICS)}", name) from None
+
+
 def _scores(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """float64 all-pairs scores of float64 rows."""
-    if metric == "cosine":
-        return _unit(a) @ _unit(b).T
-    if metric == "dot":
-        return a @ b.T
-    if metric == "euclidean":
-        squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * (a @ b.T)
-        return -np.sqrt(np.maximum(squared, 0.0))
-    if metric == "manhattan":
-        out = np.empty((len(a), len(b)))
-        rows = max(1, _MANHATTAN_BLOCK // max(1, len(b) * a.shape[1]))
-        for start in range(0, len(a), rows):
-            block = a[start : start + rows, None, :] - b[None, :, :]
-            out[start : start + rows] = -np.abs(block).sum(-1)
-        return out
-    raise ValueError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    return _metric(metric)[0](a, b)
 
 
 def matrix(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
@@ -77,18 +105,7 @@ def matrix(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
 
 def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """One score per row pair: ``out[i] = metric(a[i], b[i])``."""
-    a, b = _as_float(a), _as_float(b)
-    if metric == "cosine":
-        scores = (_unit(a) * _unit(b)).sum(1)
-    elif metric == "dot":
-        scores = (a * b).sum(1)
-    elif metric == "euclidean":
-        scores = -np.linalg.norm(a - b, axis=1)
-    elif metric == "manhattan":
-        scores = -np.abs(a - b).sum(1)
-    else:
-        raise ValueError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
-    return scores.astype(np.float32)
+    return _metric(metric)[1](_as_float(a), _as_float(b)).astype(np.float32)
 
 
 def top_k(

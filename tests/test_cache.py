@@ -593,7 +593,7 @@ def test_cache_command_on_no_cache_shows_empty_and_creates_nothing(cli, tmp_path
     assert result.code == ExitStatus.OK, result.stderr
     assert "empty" in result.stdout and str(folder) in result.stdout
     assert not folder.exists()
-    cleared = cli("cache", "--clear")
+    cleared = cli("cache", "clear")
     assert cleared.code == ExitStatus.OK, cleared.stderr
     assert not folder.exists()
 
@@ -611,14 +611,14 @@ def test_cache_command_shows_and_clears_per_model(cli, embed, tiny_model, monkey
         cells = [cell.strip() for cell in line.split("│") if cell.strip()]
         assert cells[1:4] == ["3", str(hits), str(misses)]
 
-    result = cli("cache", "--clear", "--model", "minilm")
+    result = cli("cache", "clear", "--model", "minilm")
     assert result.code == ExitStatus.OK, result.stderr
     assert "deleted 3 cached embedding(s)" in result.stderr
     assert model_stats("minilm") == [] and one_model_stats(tiny_model).entries == 3
     forbid_model_loading(monkeypatch)
     embed(*TEXTS)  # tiny's entries are all still there
 
-    result = cli("cache", "--clear")
+    result = cli("cache", "clear")
     assert result.code == ExitStatus.OK, result.stderr
     assert "deleted 3 cached embedding(s)" in result.stderr
     assert all_stats() == []
@@ -627,7 +627,19 @@ def test_cache_command_shows_and_clears_per_model(cli, embed, tiny_model, monkey
 def test_cache_model_without_clear_is_a_usage_error(cli):
     result = cli("cache", "--model", "minilm")
     assert result.code == ExitStatus.USAGE
-    assert "--model goes with --clear" in result.stderr
+    assert "--model goes with 'cache clear'" in result.stderr
+    assert cli("cache", "info", "--model", "minilm").code == ExitStatus.USAGE  # no such option
+
+
+def test_cache_flags_of_1_0_still_work_with_a_note(cli, embed, tiny_model):
+    embed(*TEXTS)
+    shown = cli("cache", "info")
+    assert shown.code == ExitStatus.OK and "embedding cache:" in shown.stdout
+    result = cli("cache", "--clear", "--model", tiny_model)
+    assert result.code == ExitStatus.OK, result.stderr
+    assert "'cache --clear' is deprecated: use 'cache clear'" in result.stderr
+    assert "deleted 3 cached embedding(s)" in result.stderr
+    assert all_stats() == []
 
 
 @pytest.mark.parametrize("damage", ["garbage-in-the-middle", "truncated-to-half", "random-bytes"])
@@ -639,7 +651,7 @@ def test_cache_clear_deletes_a_damaged_file(cli, embed, damage, monkeypatch):
     assert shown.code == ExitStatus.OK, shown.stderr
     assert "Traceback" not in shown.stderr
 
-    cleared = cli("cache", "--clear")
+    cleared = cli("cache", "clear")
     assert cleared.code == ExitStatus.OK, cleared.stderr
     assert "damaged cache file" in cleared.stderr
     assert len(cleared.stderr.strip().splitlines()) == 1, cleared.stderr
@@ -658,7 +670,7 @@ def test_cache_clear_leaves_a_busy_cache_alone(cli, embed, tiny_model, monkeypat
     holder = sqlite3.connect(default_path(), isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        result = cli("cache", "--clear")
+        result = cli("cache", "clear")
     finally:
         holder.execute("ROLLBACK")
         holder.close()

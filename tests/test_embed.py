@@ -78,15 +78,9 @@ def test_default_when_piped_is_jsonl(embed, tiny_model):
     records = jsonl(result.stdout)
     assert [list(r) for r in records] == [["text", "source", "model", "embedding", "meta"]] * 3
     # Every record says what its vector is, so a file cut with head or joined with cat does.
-    meta = {
-        "version": 1,
-        "precision": "float32",
-        "dimensions": TINY_DIMS,
-        "normalized": False,
-        "prompt": None,
-        "prompt_name": None,
-        "truncate_dim": None,
-    }
+    meta = records[0]["meta"]
+    assert meta["version"] == 1 and meta["precision"] == "float32"
+    assert meta["dimensions"] == TINY_DIMS and meta["normalized"] is False
     assert [r["meta"] for r in records] == [meta] * 3
     assert [r["text"] for r in records] == TEXTS
     assert [r["source"] for r in records] == ["<arg>:1", "<arg>:2", "<arg>:3"]

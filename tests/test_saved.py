@@ -60,16 +60,15 @@ def test_every_json_record_says_what_its_vector_is(embed_corpus):
 
     metas = [r["meta"] for r in records(path)]
     assert len(metas) == len(CORPUS_LINES)
-    assert metas[0] == {
+    assert all(meta == metas[0] for meta in metas)
+    expected = {
         "version": 1,
         "precision": "float32",
         "dimensions": 16,
         "normalized": True,
-        "prompt": None,
-        "prompt_name": None,
         "truncate_dim": 16,
     }
-    assert all(meta == metas[0] for meta in metas)
+    assert {key: metas[0].get(key) for key in expected} == expected
 
 
 def test_the_json_list_carries_the_same_records(embed_corpus):
@@ -91,21 +90,18 @@ def test_an_array_has_its_description_beside_it(embed_corpus, tiny_model):
 
     described = json.loads(saved.sidecar_path(path).read_text())
     data = np.load(path)
-    assert described == {
+    expected = {
         "format": "modernbert-cli embeddings",
         "model": str(Path(tiny_model).resolve()),
         "version": 1,
         "precision": "uint8",
         "dimensions": TINY_DIMS,
         "normalized": False,
-        "prompt": None,
-        "prompt_name": None,
-        "truncate_dim": None,
         "rows": len(CORPUS_LINES),
         "dtype": "uint8",
-        "data_blake2b": described["data_blake2b"],
-        "texts_blake2b": described["texts_blake2b"],
     }
+    assert {key: described.get(key) for key in expected} == expected
+    assert len(described["data_blake2b"]) == len(described["texts_blake2b"]) == 32
     assert data.dtype == np.uint8 and data.shape == (len(CORPUS_LINES), TINY_DIMS)
 
 

@@ -35,7 +35,7 @@ from conftest import ROOT, TINY_MAX_SEQ_LENGTH
 
 from modernbert_cli import client, server
 from modernbert_cli import model as model_loading
-from modernbert_cli.cli import _MODEL_OPTIONS, DType, Quantize, Run
+from modernbert_cli.embedder import Embedder
 from modernbert_cli.encoder import Encoder
 from modernbert_cli.errors import ExitStatus
 
@@ -49,10 +49,9 @@ TEXTS = [
 LONG_TEXT = " ".join(["volcano"] * 300)  # beyond the tiny model's 128 tokens
 
 
-def make_run(model: str, **options: object) -> Run:
-    """The options a command gets for ``-m MODEL --device cpu`` plus ``options``."""
-    defaults = {p.name: p.default for p in _MODEL_OPTIONS}
-    return Run(**{**defaults, "model": model, "device": "cpu", **options})
+def make_run(model: str, **options: object) -> Embedder:
+    """What a command runs for ``-m MODEL --device cpu`` plus ``options``."""
+    return Embedder(model, **{"device": "cpu", **options})
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -216,8 +215,8 @@ def test_the_key_follows_the_settings_that_change_vectors(tiny_model):
     for change in (
         {"max_seq_length": 16},
         {"trust_remote_code": True},
-        {"dtype": DType.float16},
-        {"quantize": Quantize.int8},
+        {"dtype": "float16"},
+        {"quantize": "int8"},
     ):
         assert make_run(tiny_model, **change).server_key() != base
     assert make_run("minilm").server_key() != base

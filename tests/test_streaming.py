@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from modernbert_cli import cli as cli_module
+from modernbert_cli import embedder as embedder_module
 from modernbert_cli import inputs, model, render, scoring
 from modernbert_cli.encoder import Encoder
 from modernbert_cli.errors import ExitStatus
@@ -68,13 +68,13 @@ def both(cli, tiny_model, monkeypatch, encode_sizes):
     call, for `similar`); ``queries`` is the number of queries.
     """
 
-    default = cli_module.CHUNK_TEXTS
+    default = embedder_module.CHUNK_TEXTS
 
     def run(*args: str, input: str | None = None, sizes=SIZES_IN_CHUNKS, queries: int = 0):
         results = []
         head = [queries] if queries else []
         for chunk, want in ((default, [sum(sizes)]), (CHUNK, sizes)):
-            monkeypatch.setattr(cli_module, "CHUNK_TEXTS", chunk)
+            monkeypatch.setattr(embedder_module, "CHUNK_TEXTS", chunk)
             encode_sizes.clear()
             result = cli(*args, "-m", tiny_model, input=input)
             assert result.code == ExitStatus.OK, result.stderr
@@ -114,8 +114,8 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray) -> np.ndar
 
 
 def test_npy_in_chunks_equals_one_chunk(cli, tiny_model, texts_file, monkeypatch, encode_sizes):
-    for name, chunk in (("whole.npy", cli_module.CHUNK_TEXTS), ("chunked.npy", CHUNK)):
-        monkeypatch.setattr(cli_module, "CHUNK_TEXTS", chunk)
+    for name, chunk in (("whole.npy", embedder_module.CHUNK_TEXTS), ("chunked.npy", CHUNK)):
+        monkeypatch.setattr(embedder_module, "CHUNK_TEXTS", chunk)
         result = cli("embed", "-m", tiny_model, "-i", texts_file, "-o", name)
         assert result.code == ExitStatus.OK, result.stderr
     assert encode_sizes == [len(TEXTS), *SIZES_IN_CHUNKS]
@@ -217,7 +217,7 @@ def test_npy_writer_to_a_file_with_a_large_row_count_header(tmp_path):
 def test_int8_streamed_uses_the_first_chunks_ranges(
     cli, tiny_model, texts_file, monkeypatch, precision
 ):
-    monkeypatch.setattr(cli_module, "CHUNK_TEXTS", CHUNK)
+    monkeypatch.setattr(embedder_module, "CHUNK_TEXTS", CHUNK)
     for name, extra in (("fp32.npy", []), ("q.npy", ["--precision", precision])):
         result = cli("embed", "-m", tiny_model, "-i", texts_file, *extra, "-o", name)
         assert result.code == ExitStatus.OK, result.stderr
@@ -403,7 +403,7 @@ def test_stdin_larger_than_the_memory_spool(cli, tiny_model, monkeypatch, encode
 
     monkeypatch.setattr(inputs, "_SPOOL_MEMORY", 1024)
     monkeypatch.setattr(inputs.tempfile, "SpooledTemporaryFile", Spool)
-    monkeypatch.setattr(cli_module, "CHUNK_TEXTS", CHUNK)
+    monkeypatch.setattr(embedder_module, "CHUNK_TEXTS", CHUNK)
     lines = [f"{line} {'padding ' * 8}".strip() for line in STDIN_LINES]
     piped = "".join(f"{line}\n" for line in lines)
     assert len(piped.encode()) > 2 * 1024
@@ -428,7 +428,7 @@ def bad_file(tmp_path, monkeypatch) -> str:
         raise AssertionError("the model must not be loaded")
 
     monkeypatch.setattr(model, "load", refuse)
-    monkeypatch.setattr(cli_module, "CHUNK_TEXTS", CHUNK)
+    monkeypatch.setattr(embedder_module, "CHUNK_TEXTS", CHUNK)
     return "bad.txt"
 
 

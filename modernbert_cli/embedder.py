@@ -1,0 +1,372 @@
+"""The library: :class:`Embedder`, a model (loaded on first need) and everything around it.
+
+One ``Embedder`` is one model with its :class:`~modernbert_cli.settings.Settings`. It
+asks the embedding cache first, then a warm ``modernbert-cli serve`` of the same model
+and settings, and loads the model itself only for what neither has; once loaded, the
+model stays loaded for the Embedder's life. The command line, the server and the
+batch workers are all callers of this class.
+
+Constructing one imports no torch: a bad model path fails at once, a cached or
+server-backed run never pays for torch at all.
+
+>>> from modernbert_cli import Embedder
+>>> with Embedder("minilm", cache=False, server=False) as emb:  # doctest: +SKIP
+...     vectors = emb.embed(["a cat sat on the mat", "a dog lay on the rug"])
+...     hits = emb.similar("where did the cat sit?", ["on the mat", "in the car"], top_k=1)
+>>> vectors.shape, hits[0].text  # doctest: +SKIP
+((2, 384), 'on the mat')
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from modernbert_cli.errors import SettingError
+from modernbert_cli.settings import DEFAULT_MODEL, Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from modernbert_cli.encoder import EncodeOptions, Encoder, Role
+    from modernbert_cli.engine import ProgressFn
+    from modernbert_cli.scoring import Hit
+
+# Texts embedded (and read, when they come from a stream) at a time: large enough to
+# keep a GPU busy, small enough that memory does not depend on the size of the input.
+CHUNK_TEXTS = 8192
+
+_log = logging.getLogger("modernbert_cli")
+
+
+class Embedder:
+    """A sentence-embedding model, loaded on first need, with cache and warm server.
+
+    Keywords are the fields of :class:`~modernbert_cli.settings.Settings` (``device``,
+    ``max_seq_length``, ``dtype``, ``quantize``, ``cache``, ``server``, …); the command
+    line's options are the same settings. ``note`` and ``warn`` receive messages
+    meant for a person (default: the ``modernbert_cli`` logger); ``loading`` wraps the
+    model load (the command line shows a spinner); ``expected_texts`` tells the engine
+    how big the job is (``compile="auto"`` compiles big jobs only).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        note: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+        loading: Callable[[str], AbstractContextManager[Any]] | None = None,
+        expected_texts: int | None = None,
+        **settings: Any,
+    ) -> None:
+        self.settings = Settings(model=model, **settings)
+        self._note = note or _log.info
+        self._warn = warn or _log.warning
+        self._loading = loading or (lambda name: nullcontext())
+        self._expected = expected_texts
+        self._encoder: Encoder | None = None
+        from modernbert_cli.model import ModelFiles, canonical_name
+
+        # A bad path or a missing package fails here, before any text is read or torch
+        # imported; a hub model not downloaded yet is looked for again when it loads.
+        self._files = ModelFiles.find(self.settings.model)
+        self.name = canonical_name(self.settings.model)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **hooks: Any) -> Embedder:
+        """An Embedder for a :class:`Settings` value (``hooks``: note, warn, loading, …)."""
+        values = asdict(settings)
+        return cls(values.pop("model"), **hooks, **values)
+
+    # -- what runs where -----------------------------------------------------------------
+
+    def vector_settings(self) -> dict[str, Any]:
+        """The settings that change this model's vectors, ``auto`` resolved (no model load)."""
+        from modernbert_cli.engine import effective_dtype
+
+        return self.settings.vector_settings(
+            effective_dtype(self.settings.device, self.settings.dtype)
+        )
+
+    def server_key(self) -> str:
+        """Which warm server may answer for this Embedder: same model, same settings."""
+        from modernbert_cli.client import server_key
+
+        return server_key(self.name, self.vector_settings())
+
+    @property
+    def encoder(self) -> Encoder:
+        """The Encoder behind this Embedder (made on first use; the model loads later)."""
+        if self._encoder is None:
+            self._encoder = self._make_encoder()
+        return self._encoder
+
+    def _make_encoder(self) -> Encoder:
+        from modernbert_cli.encoder import Encoder
+        from modernbert_cli.engine import EngineOptions
+
+        s = self.settings
+        cache = None
+        if s.cache:
+            from modernbert_cli.cache import EmbeddingCache, default_path
+
+            cache = EmbeddingCache(default_path(), s.cache_max_mb << 20, warn=self._warn)
+        engine = EngineOptions(
+            max_batch_tokens=s.max_batch_tokens,
+            max_batch_size=s.batch_size,
+            dtype=s.dtype,
+            compile=s.compile,
+            quantize=s.quantize,
+        )
+        return Encoder(
+            name=self.name,
+            engine_options=engine,
+            expected_texts=self._expected,
+            loader=self._load,
+            cache=cache,
+            server=self._server() if s.server else None,
+            note=self._note,
+            files=self._files,
+            settings=self.vector_settings(),
+        )
+
+    def _server(self) -> Any:
+        """A client of the warm server for this very model and settings, if one runs."""
+        from modernbert_cli.client import ServerClient, ServerError, socket_path
+
+        key = self.server_key()
+        try:
+            path = socket_path(key)
+        except (OSError, ServerError):  # no runtime folder of ours: no server either
+            return None
+        return ServerClient(path, key) if path.exists() else None
+
+    def _load(self) -> tuple[Any, list[str]]:
+        """The model on its first device, and every device the work is shared by."""
+        from modernbert_cli import model
+
+        spec = model.ModelSpec(
+            self.settings.model,
+            self.settings.device,
+            self.settings.max_seq_length,
+            self.settings.trust_remote_code,
+        )
+        with self._loading(self.settings.model):
+            return model.load(spec), model.pick_devices(self.settings.device)
+
+    def load(self) -> Embedder:
+        """Load the model now (it otherwise loads when a text is missing from the cache)."""
+        _ = self.encoder.model
+        return self
+
+    # -- facts about the model -------------------------------------------------------------
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens read per text; longer texts are truncated (read from files, no load)."""
+        return self.encoder.max_seq_length
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """The model's own similarity function (``cosine`` for most)."""
+        return self.encoder.similarity_fn_name
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The model's named prompts (``query``, ``document``, …)."""
+        return self.encoder.prompts
+
+    @property
+    def dimensions(self) -> int:
+        """Length of the model's vectors (loads the model)."""
+        loaded = self.encoder.model
+        get = getattr(loaded, "get_embedding_dimension", None)  # sentence-transformers >= 6
+        return int(get() if get else loaded.get_sentence_embedding_dimension())
+
+    @property
+    def truncated(self) -> int:
+        """How many texts embedded so far were longer than :attr:`max_seq_length`."""
+        return self._encoder.truncated if self._encoder else 0
+
+    @property
+    def progress(self) -> ProgressFn | None:
+        """Called as ``progress(texts, tokens)`` after each batch the model runs."""
+        return self.encoder.progress
+
+    @progress.setter
+    def progress(self, value: ProgressFn | None) -> None:
+        self.encoder.progress = value
+
+    def describe(self, **options: Any) -> dict[str, Any]:
+        """What vectors made with these ``embed`` options are, for saved files to carry.
+
+        >>> Embedder("minilm").describe(precision="int8")["precision"]  # doctest: +SKIP
+        'int8'
+        """
+        from modernbert_cli import __version__
+
+        encode = self._options(**options)
+        role = options.get("role")
+        return {
+            "model": self.name,
+            "fingerprint": self.encoder.fingerprint(encode, role),
+            "dimensions": encode.truncate_dim or self.dimensions,
+            "precision": encode.precision,
+            "normalized": encode.normalize,
+            "prompt": self.encoder.prompt_text(encode, role),
+            "similarity": self.similarity_fn_name,
+            **self.vector_settings(),
+            "modernbert_cli": __version__,
+        }
+
+    # -- the work --------------------------------------------------------------------------
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        role: Role | None = None,
+        normalize: bool = False,
+        precision: str = "float32",
+        truncate_dim: int | None = None,
+    ) -> np.ndarray:
+        """One vector per text, in order: ``SentenceTransformer.encode``'s numbers.
+
+        ``role`` (``"query"`` or ``"document"``) applies the model's prompt of that name
+        when it has one; ``prompt``/``prompt_name`` set one explicitly. ``precision``
+        is sentence-transformers' ``quantize_embeddings`` (int8/uint8 are calibrated
+        on the first call's texts and reused for later calls).
+        """
+        options = self._options(
+            prompt=prompt,
+            prompt_name=prompt_name,
+            normalize=normalize,
+            precision=precision,
+            truncate_dim=truncate_dim,
+        )
+        self.encoder.check(options)
+        return self.encoder.encode(_strings(texts), options, role=role)
+
+    def check(self, **options: Any) -> None:
+        """Refuse ``embed`` options that cannot work with this model, before any work."""
+        self.encoder.check(self._options(**options))
+
+    def similar(
+        self,
+        query: str,
+        corpus: Iterable[Any],
+        *,
+        top_k: int | None = 10,
+        threshold: float | None = None,
+        metric: str | None = None,
+    ) -> list[Hit]:
+        """The corpus ranked by similarity to ``query``, best first (``top_k`` of them).
+
+        Each hit has ``.rank``, ``.score``, ``.text``, ``.source`` and ``.index``.
+        """
+        return self.similar_many([query], corpus, top_k=top_k, threshold=threshold, metric=metric)[
+            0
+        ]
+
+    def similar_many(
+        self,
+        queries: Sequence[str],
+        corpus: Iterable[Any],
+        *,
+        top_k: int | None = 10,
+        threshold: float | None = None,
+        metric: str | None = None,
+        corpus_embeddings: np.ndarray | None = None,
+    ) -> list[list[Hit]]:
+        """For each query, the best corpus items; the corpus is embedded once, streamed.
+
+        ``corpus`` may be any iterable of strings or :class:`~modernbert_cli.inputs.Text`
+        (memory holds one chunk of it and the best ``top_k`` per query). With
+        ``corpus_embeddings``, those rows are scored and ``corpus`` only labels them.
+        """
+        from modernbert_cli.scoring import TopK
+
+        query_vectors = self.embed(_strings(queries), role="query")
+        best = TopK(len(queries), metric or self.similarity_fn_name, k=top_k, threshold=threshold)
+        if corpus_embeddings is not None:
+            made, makes = corpus_embeddings.shape[1], query_vectors.shape[1]
+            if made != makes:
+                raise SettingError(
+                    "corpus_embeddings",
+                    f"has {made} dimensions but model '{self.name}' makes {makes}",
+                )
+            best.add(query_vectors, corpus_embeddings, list(corpus))
+            return best.results()
+        for chunk in chunks(corpus):
+            best.add(query_vectors, self.embed(_strings(chunk), role="document"), chunk)
+        return best.results()
+
+    def matrix(
+        self,
+        texts: Sequence[Any],
+        against: Sequence[Any] | None = None,
+        *,
+        metric: str | None = None,
+    ) -> np.ndarray:
+        """Scores of every pair: N×N of ``texts``, or N×M against ``against``."""
+        from modernbert_cli.scoring import matrix
+
+        rows = self.embed(_strings(texts))
+        columns = rows if against is None else self.embed(_strings(against))
+        return matrix(rows, columns, metric or self.similarity_fn_name)
+
+    def pairwise(self, a: Sequence[Any], b: Sequence[Any], *, metric: str | None = None):
+        """One score per pair: ``a[i]`` with ``b[i]``."""
+        from modernbert_cli.scoring import pairwise
+
+        if len(a) != len(b):
+            raise SettingError("pairwise", f"needs as many a as b texts: {len(a)} vs {len(b)}")
+        vectors = self.embed([*_strings(a), *_strings(b)])
+        return pairwise(vectors[: len(a)], vectors[len(a) :], metric or self.similarity_fn_name)
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Record cache statistics and let go of the cache file and server connection."""
+        if self._encoder is not None:
+            self._encoder.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.settings.model!r})"
+
+    @staticmethod
+    def _options(**options: Any) -> EncodeOptions:
+        from modernbert_cli.encoder import EncodeOptions
+
+        options.pop("role", None)
+        return EncodeOptions(**options)
+
+
+def chunks(items: Iterable[Any], size: int | None = None) -> Iterator[list[Any]]:
+    """``items`` a list of ``size`` (default :data:`CHUNK_TEXTS`) at a time."""
+    size = size or CHUNK_TEXTS  # read at call time: tests make it small
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _strings(items: Iterable[Any]) -> list[str]:
+    """Texts as strings: plain strings, or anything with a ``.text`` (inputs.Text)."""
+    out = [item if isinstance(item, str) else getattr(item, "text", item) for item in items]
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be strings; item {i} is a {type(text).__name__}")
+    return out
