@@ -24,7 +24,15 @@ from rich.console import Console
 
 from modernbert_cli import __version__, render
 from modernbert_cli.errors import CliError, ExitStatus, SettingError, StdoutClosed, UsageError
-from modernbert_cli.inputs import InputSpec, Stdin, Text, iter_texts, read_file, read_texts, scan
+from modernbert_cli.inputs import (
+    MAX_LINE_BYTES,
+    InputSpec,
+    Stdin,
+    query_text,
+    read_file,
+    read_texts,
+    scan,
+)
 from modernbert_cli.settings import OPTIONS, Metric, Precision, Settings, flag
 
 if TYPE_CHECKING:
@@ -207,6 +215,18 @@ DocumentsOpt = Annotated[
         rich_help_panel=_INPUT,
     ),
 ]
+MaxLineOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-line-bytes",
+        min=1,
+        metavar="BYTES",
+        help="Longest line or JSON record to read; a longer one is an error (a guard against "
+        "binary or endless input) \\[default: 64 MiB].",
+        rich_help_panel=_INPUT,
+        show_default=False,
+    ),
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(
@@ -358,6 +378,7 @@ def _input_spec(
     field: str | None,
     column: str | None,
     documents: bool,
+    max_line_bytes: int,
 ) -> InputSpec:
     return InputSpec(
         texts=tuple(texts),
@@ -365,6 +386,7 @@ def _input_spec(
         field=field,
         column=column,
         documents=documents,
+        max_line_bytes=max_line_bytes,
     )
 
 
@@ -409,6 +431,7 @@ def embed(
     field: FieldOpt = None,
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
+    max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
     fmt: _format_option(render.EMBED_FORMATS, "table on a terminal, jsonl when piped") = None,
     output: OutputOpt = None,
     normalize: Annotated[
@@ -465,7 +488,7 @@ def embed(
     fmt = render.choose_format(
         fmt, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
     )
-    spec = _input_spec(texts or (), inputs, field, column, documents)
+    spec = _input_spec(texts or (), inputs, field, column, documents, max_line_bytes)
     found = scan(spec, session.stdin)
     session.report_skipped(found.skipped)
     options = {
@@ -492,7 +515,7 @@ def embed(
                 "truncate_dim": truncate_dim,
             }
             writer = render.EmbeddingsWriter(stream, fmt, meta, path=output)
-            for chunk in chunks(iter_texts(spec, session.stdin)):
+            for chunk in chunks(found):
                 writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
     session.report_truncated(embedder, found.count)
@@ -529,6 +552,7 @@ def similar(
     field: FieldOpt = None,
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
+    max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
     queries: Annotated[
         str | None,
         typer.Option(
@@ -579,16 +603,19 @@ def similar(
     )
     corpus_args = [query, *(texts or ())] if query is not None else []
     if queries is not None:
-        query_texts = read_file(queries, InputSpec(field=field, column=column), session.stdin)
+        query_texts = read_file(
+            queries,
+            InputSpec(field=field, column=column, max_line_bytes=max_line_bytes),
+            session.stdin,
+            option="--queries",
+        )
     elif query is None:
         raise UsageError("missing QUERY: give a query, or many with --queries FILE")
-    elif not query.strip():
-        raise UsageError("QUERY is empty")
     else:
-        query_texts = [Text(query, "<query>")]
+        query_texts = [query_text(query)]
         corpus_args = corpus_args[1:]
 
-    spec = _input_spec(corpus_args, inputs, field, column, documents)
+    spec = _input_spec(corpus_args, inputs, field, column, documents, max_line_bytes)
     stored = None
     if embeddings is not None:
         labels = read_texts(spec, session.stdin).texts if (corpus_args or inputs) else []
@@ -608,7 +635,7 @@ def similar(
             try:
                 results = embedder.similar_many(
                     query_texts,
-                    stored.texts if stored else iter_texts(spec, session.stdin),
+                    stored.texts if stored else found,
                     top_k=top_k,
                     threshold=threshold,
                     metric=metric,
@@ -662,6 +689,7 @@ def matrix(
     field: FieldOpt = None,
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
+    max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
     against: Annotated[
         str | None,
         typer.Option(
@@ -698,13 +726,15 @@ def matrix(
         "tsv" if pairwise else "csv",
         session.stdout_is_terminal,
     )
-    spec = _input_spec(texts or (), inputs, field, column, documents)
+    spec = _input_spec(texts or (), inputs, field, column, documents, max_line_bytes)
     if pairwise and against is None:
         rows, columns = read_pairs(spec, session.stdin)
     else:
         rows = read_texts(spec, session.stdin).texts
-        other = InputSpec(field=field, column=column, documents=documents)
-        columns = read_file(against, other, session.stdin) if against else None
+        other = InputSpec(
+            field=field, column=column, documents=documents, max_line_bytes=max_line_bytes
+        )
+        columns = read_file(against, other, session.stdin, option="--against") if against else None
     if pairwise and len(rows) != len(columns):
         raise UsageError(
             f"--pairwise needs as many inputs as --against texts: {len(rows)} vs {len(columns)}"
@@ -1031,7 +1061,7 @@ def _message(error: CliError) -> str:
     """The core words an error by its settings' names; here, by the options' flags."""
     if isinstance(error, SettingError):
         where = flag(error.setting) + (f" {error.value}" if error.has_value else "")
-        return f"{where}: {error.reason}"
+        return f"{where}: {error.worded(flag)}"
     return str(error)
 
 

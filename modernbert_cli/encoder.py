@@ -137,7 +137,7 @@ class Encoder:
     def check(self, options: EncodeOptions) -> None:
         """Reject options that cannot make sense, before any work is done."""
         if options.prompt is not None and options.prompt_name is not None:
-            raise SettingError("prompt", "prompt and prompt_name exclude each other")
+            raise SettingError("prompt", "cannot be given with {prompt_name}")
         known = sorted(k for k, v in self.prompts.items() if v)
         if options.prompt_name is not None and options.prompt_name not in known:
             defined = f"the prompts {', '.join(known)}" if known else "no prompts"

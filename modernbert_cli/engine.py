@@ -102,7 +102,7 @@ class Engine:
         self.devices = [torch.device(d) for d in devices]
         self.on_gpu = self.devices[0].type == "cuda"
         if options.quantize == "int8" and any(d.type != "cpu" for d in self.devices):
-            raise SettingError("quantize", "runs on the CPU only (use dtype on a GPU)", "int8")
+            raise SettingError("quantize", "runs on the CPU only (use {dtype} on a GPU)", "int8")
         self.dtype = _pick_dtype(options.dtype, self.devices[0])
         self.budget = options.max_batch_tokens or (
             GPU_BATCH_TOKENS if self.on_gpu else CPU_BATCH_TOKENS

@@ -7,6 +7,7 @@ is a bug and is reported as one (the traceback only with ``--debug``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 
 
@@ -45,18 +46,33 @@ class SettingError(UsageError):
     """A setting or keyword whose value cannot work, in the library's own terms.
 
     ``setting`` is the keyword's name (``device``, ``truncate_dim``); the command line
-    words it with the option's flag instead (``--device cuda: …``).
+    words it with the option's flag instead (``--device cuda: …``). Other settings the
+    reason mentions are written ``{name}``, so each side can word them its way.
 
-    >>> str(SettingError("device", "no CUDA GPU is available here", "cuda"))
-    "device='cuda': no CUDA GPU is available here"
+    >>> str(SettingError("device", "no CUDA GPU is available here (try {device}=cpu)", "cuda"))
+    "device='cuda': no CUDA GPU is available here (try device=cpu)"
     """
 
     _UNSET = object()
 
     def __init__(self, setting: str, reason: str, value: object = _UNSET) -> None:
-        self.setting, self.reason, self.value = setting, reason, value
+        self.setting, self.template, self.value = setting, reason, value
         shown = "" if value is self._UNSET else f"={value!r}"
-        super().__init__(f"{setting}{shown}: {reason}")
+        super().__init__(f"{setting}{shown}: {self.reason}")
+
+    @property
+    def reason(self) -> str:
+        """The reason, other settings named by their keywords."""
+        return self.worded(lambda name: name)
+
+    def worded(self, name_of: Callable[[str], str]) -> str:
+        """The reason with each ``{setting}`` it mentions named by ``name_of(setting)``."""
+
+        class Names(dict):
+            def __missing__(self, key: str) -> str:
+                return name_of(key)
+
+        return self.template.format_map(Names())
 
     @property
     def has_value(self) -> bool:

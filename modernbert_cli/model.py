@@ -256,9 +256,10 @@ def pick_device(requested: str) -> str:
     if kind == "auto":
         return "cuda" if cuda else "mps" if mps else "cpu"
     if kind == "cuda" and not cuda:
-        raise SettingError("device", "no CUDA GPU is available here (try cpu)", requested)
+        raise SettingError("device", "no CUDA GPU is available here (try {device}=cpu)", requested)
     if kind == "mps" and not mps:
-        raise SettingError("device", "Apple's MPS is not available here (try cpu)", requested)
+        reason = "Apple's MPS is not available here (try {device}=cpu)"
+        raise SettingError("device", reason, requested)
     return requested
 
 

@@ -316,7 +316,7 @@ def test_unknown_prompt_name_is_a_usage_error(cli, prompted_model):
     assert result.code == ExitStatus.USAGE
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "'search'" in result.stderr
+    assert "--prompt-name search:" in result.stderr
     assert "passage, query" in result.stderr  # the prompts it does define
 
 

@@ -352,9 +352,9 @@ def test_quantize_int8_on_minilm_stays_close_to_fp32(cli, tmp_path, st_minilm, e
 @pytest.mark.parametrize("device", ["cuda", "meta"])
 def test_quantize_int8_off_the_cpu_is_refused(device):
     """Checked in the constructor, before the model is touched (no GPU needed)."""
-    with pytest.raises(UsageError, match="--quantize int8 runs on the CPU only"):
+    with pytest.raises(UsageError, match="quantize='int8': runs on the CPU only"):
         Engine(StubModel(), ["cpu", device], EngineOptions(quantize="int8"))
-    with pytest.raises(UsageError, match="--quantize int8 runs on the CPU only"):
+    with pytest.raises(UsageError, match="quantize='int8': runs on the CPU only"):
         Engine(StubModel(), [device], EngineOptions(quantize="int8"))
 
 

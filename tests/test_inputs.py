@@ -6,9 +6,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import socket
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import assert_error
 
 from modernbert_cli import inputs
 from modernbert_cli.errors import ExitStatus, InputError, UsageError
@@ -629,3 +634,346 @@ def test_read_texts_documents_folder_skips_hidden_files_and_non_utf8(tmp_path):
 def test_decode_reports_line_of_bad_byte():
     with pytest.raises(InputError, match=r"^notes\.txt:2: invalid UTF-8"):
         inputs.decode(b"one\ntw\xc3o\n", "notes.txt")
+
+
+# --- inputs that cannot be read twice: pipes, FIFOs, /dev/stdin, sockets -----------------
+
+
+@pytest.fixture
+def pipe():
+    """``pipe(data)`` -> ``/dev/fd/N``, a real pipe that a writer thread fills, then closes.
+
+    Like ``<(printf …)``: it can be read once; a second open finds it empty.
+    """
+    opened: list[int] = []
+
+    def make(data: bytes) -> str:
+        read_end, write_end = os.pipe()
+        opened.append(read_end)
+
+        def write() -> None:
+            try:
+                os.write(write_end, data)
+            except BrokenPipeError:
+                pass
+            finally:
+                os.close(write_end)
+
+        threading.Thread(target=write, daemon=True).start()
+        return f"/dev/fd/{read_end}"
+
+    yield make
+    for fd in opened:
+        os.close(fd)
+
+
+LINES = b"alpha\n\nbeta\ngamma delta\n"
+
+
+def _run(cli, tiny_model, tmp_path, command: str, source: str, out: str) -> tuple[object, int]:
+    """Run ``command`` over ``source``; returns (what it made, how many texts it shows)."""
+    if command == "embed-jsonl":
+        output = tmp_path / f"{out}.jsonl"
+        output.write_text("keep me\n")  # an existing file: replaced only by a good result
+        result = cli("embed", "-m", tiny_model, "-i", source, "-o", str(output))
+        made = [
+            (r["text"], r["embedding"])
+            for r in map(json.loads, output.read_text().split("\n")[:-1])
+        ]
+    elif command == "embed-npy":
+        output = tmp_path / f"{out}.npy"
+        result = cli("embed", "-m", tiny_model, "-i", source, "-o", str(output))
+        made = np.load(output).tolist()
+    elif command == "similar":
+        result = cli("similar", "alpha", "-m", tiny_model, "-i", source, "-f", "jsonl")
+        made = [(r["text"], r["score"]) for r in map(json.loads, result.stdout.splitlines())]
+    else:
+        result = cli("matrix", "-m", tiny_model, "-i", source, "-f", "csv")
+        made = result.stdout.splitlines()[1:]  # the header row names the texts
+    assert result.code == ExitStatus.OK, result.stderr
+    assert result.stderr == ""
+    return made, len(made)
+
+
+@pytest.mark.parametrize("command", ["embed-jsonl", "embed-npy", "similar", "matrix"])
+def test_a_pipe_gives_what_a_regular_file_gives(cli, tiny_model, tmp_path, pipe, command):
+    regular = tmp_path / "texts.txt"
+    regular.write_bytes(LINES)
+    expected, count = _run(cli, tiny_model, tmp_path, command, str(regular), "from-file")
+    made, _ = _run(cli, tiny_model, tmp_path, command, pipe(LINES), "from-pipe")
+    assert count == 3
+    assert made == expected
+
+
+def test_a_pipe_keeps_its_name_and_line_numbers(pipe):
+    name = pipe(LINES)
+    assert read(InputSpec(files=[name])) == [
+        ("alpha", f"{name}:1"),
+        ("beta", f"{name}:3"),
+        ("gamma delta", f"{name}:4"),
+    ]
+
+
+def test_a_pipe_is_read_once_for_the_scan_and_the_texts(pipe):
+    spec = InputSpec(files=[pipe(LINES)])
+    found = inputs.scan(spec)
+    assert found.count == 3
+    assert [t.text for t in found] == ["alpha", "beta", "gamma delta"]
+    assert [t.text for t in found] == ["alpha", "beta", "gamma delta"]  # and again
+
+
+def test_a_pipe_named_twice_gives_its_texts_twice_as_a_file_would(pipe):
+    name = pipe(b"one\n")
+    assert [t for t, _ in read(InputSpec(files=[name, name]))] == ["one", "one"]
+
+
+def test_a_pipe_with_field_is_json_lines_and_with_column_a_table(pipe):
+    assert read(InputSpec(files=[pipe(b'{"q": "from a pipe"}\n')], field="q"))[0][0] == (
+        "from a pipe"
+    )
+    assert read(InputSpec(files=[pipe(b"id\ttext\n1\tcell\n")], column="text"))[0][0] == "cell"
+
+
+def test_pairwise_from_a_pipe_sniffs_the_table(pipe):
+    rows, columns = inputs.read_pairs(InputSpec(files=[pipe(b"a\tb\none\ttwo\n")]))
+    assert [t.text for t in rows] == ["one"] and [t.text for t in columns] == ["two"]
+
+
+def test_documents_from_a_pipe(pipe):
+    name = pipe(b"line one\nline two\n")
+    assert read(InputSpec(files=[name], documents=True)) == [("line one\nline two", name)]
+
+
+def test_a_file_that_changes_between_scan_and_read_is_an_error(tmp_path):
+    path = tmp_path / "live.txt"
+    path.write_text("one\ntwo\n")
+    found = inputs.scan(InputSpec(files=[str(path)]))
+    path.write_text("one\n")
+    with pytest.raises(InputError, match=r"live\.txt: changed while being read: 2 texts, then 1"):
+        list(found)
+    path.write_text("one\ntwo\nthree\n")
+    with pytest.raises(InputError, match="then more"):
+        list(found)
+
+
+def _stdin_of(stream) -> Stdin:
+    return Stdin(stream, is_tty=False)
+
+
+def test_dev_fd_of_stdin_is_stdin_itself(pipe):
+    """``-i /dev/stdin`` reads what ``-`` reads, and the two cannot both take it."""
+    name = pipe(b"piped\n")
+    with open(name, "rb") as stream:  # stdin, as the process sees it
+        own = f"/dev/fd/{stream.fileno()}"
+        assert read_texts(InputSpec(files=[own]), _stdin_of(stream)).texts == [
+            Text("piped", f"{own}:1")
+        ]
+        with pytest.raises(UsageError, match=f"stdin can be read only once: -i {own} already"):
+            read_texts(InputSpec(files=[own, "-"]), _stdin_of(stream))
+
+
+def test_a_socket_on_stdin_is_read_through_dev_fd(tmp_path):
+    """A socket cannot be opened by name (ENXIO); as stdin it is read from the stream."""
+    left, right = socket.socketpair()
+    with left, right:
+        right.sendall(b"over a socket\n")
+        right.shutdown(socket.SHUT_WR)
+        stream = left.makefile("rb")
+        own = f"/dev/fd/{left.fileno()}"
+        texts = read_texts(InputSpec(files=[own]), _stdin_of(stream)).texts
+    assert texts == [Text("over a socket", f"{own}:1")]
+
+
+def test_a_socket_file_is_an_input_error(fails, tmp_path):
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        stderr = fails("-i", str(path))
+    assert f"{path}: is a socket" in stderr
+
+
+def test_stdin_taken_by_queries_is_named_in_the_error(cli, tiny_model, no_model):
+    result = cli("similar", "--queries", "-", "-m", tiny_model, "-i", "-", input="q\n")
+    assert result.code == ExitStatus.USAGE, result.stderr
+    assert_one_line_error(result.stderr)
+    assert "stdin can be read only once: --queries - already took it" in result.stderr
+
+
+# --- text that no UTF-8 output can hold ----------------------------------------------------
+
+
+def test_argument_that_was_not_utf8(fails):
+    # What Python makes of the bytes ff fe in argv (surrogateescape).
+    stderr = fails("fine", "\udcff\udcfe bad")
+    assert "<arg>:2: invalid UTF-8 (byte 0xff)" in stderr
+
+
+def test_query_that_was_not_utf8(cli, tiny_model, no_model):
+    result = cli("similar", "caf\udce9", "-m", tiny_model, "corpus text")
+    assert result.code == ExitStatus.INPUT, result.stderr
+    assert_one_line_error(result.stderr)
+    assert "<query>: invalid UTF-8 (byte 0xe9)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [('{"text": "ok \\ud800"}', "field 'text'"), ('"\\udfff alone"', "the string")],
+)
+def test_json_line_with_a_lone_surrogate(fails, tmp_path, line, what):
+    path = tmp_path / "x.jsonl"
+    path.write_text(f'{{"text": "fine"}}\n{line}\n')
+    stderr = fails("-i", str(path))
+    assert f"{path}:2: {what} holds a lone surrogate" in stderr
+
+
+def test_file_names_that_are_not_utf8_are_shown_escaped(embed, tmp_path):
+    """Python hands such names over with lone surrogates; the output shows the bytes."""
+    root = tmp_path / "notes"
+    root.mkdir()
+    with open(os.fsencode(root) + b"/caf\xe9.txt", "wb") as stream:
+        stream.write(b"a document\n")
+    named = os.fsdecode(os.fsencode(tmp_path) + b"/na\xefve.txt")
+    Path(named).write_text("a line\n")
+    records, result = embed("--documents", "-i", str(root), "-i", named)
+    assert pairs(records) == [
+        ("a document", f"{root}/caf\\xe9.txt"),
+        ("a line", f"{tmp_path}/na\\xefve.txt"),
+    ]
+    assert result.stderr == ""
+
+
+# --- bounded memory: one line, record or document has a limit -------------------------------
+
+
+def test_a_line_over_the_limit_names_file_line_and_limit(tmp_path):
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"short\n" + b"x" * 100 + b"\n" + b"y" * 5000)
+    spec = InputSpec(files=[str(path)], max_line_bytes=100)
+    with pytest.raises(
+        InputError, match=rf"^{re.escape(str(path))}:3: a line longer than 100 bytes"
+    ):
+        read(spec)
+
+
+def test_a_line_of_exactly_the_limit_is_fine(tmp_path):
+    path = tmp_path / "edge.txt"
+    path.write_bytes(b"x" * 100 + b"\r\n" + b"y" * 100)
+    assert [t for t, _ in read(InputSpec(files=[str(path)], max_line_bytes=101))] == [
+        "x" * 100,
+        "y" * 100,
+    ]
+
+
+def test_an_endless_pipe_without_newlines_stops_at_the_limit():
+    """Like `-i <(tr '\\0' a < /dev/zero)`: the spool stops at the limit, not at the disk."""
+    read_end, write_end = os.pipe()
+    written: list[int] = []
+
+    def write() -> None:
+        block = b"a" * 65536
+        try:
+            while True:
+                written.append(os.write(write_end, block))
+        except OSError:  # the reader went away
+            pass
+        finally:
+            os.close(write_end)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    name = f"/dev/fd/{read_end}"
+    try:
+        with pytest.raises(InputError, match=rf"^{re.escape(name)}:1: a line longer than 1 MiB"):
+            inputs.scan(InputSpec(files=[name], max_line_bytes=1 << 20))
+    finally:
+        os.close(read_end)
+    writer.join(timeout=60)
+    assert sum(written) < 4 << 20  # read a little past the limit, then stopped
+
+
+def test_a_document_over_the_limit(tmp_path, pipe):
+    path = tmp_path / "big.txt"
+    path.write_text("word " * 400)
+    with pytest.raises(
+        InputError, match=rf"^{re.escape(str(path))}: larger than 1 KiB, the limit for one document"
+    ):
+        read(InputSpec(files=[str(path)], documents=True, max_document_bytes=1024))
+    name = pipe(b"word " * 400)
+    with pytest.raises(InputError, match=rf"^{re.escape(name)}: larger than 1 KiB"):
+        read(InputSpec(files=[name], documents=True, max_document_bytes=1024))
+
+
+@pytest.fixture
+def bytes_read(monkeypatch) -> dict[str, int]:
+    """How many bytes were read from each file opened by name."""
+    counts: dict[str, int] = {}
+
+    class Counting(io.BufferedReader):
+        def read(self, size=-1):
+            data = super().read(size)
+            counts[self.name] = counts.get(self.name, 0) + len(data)
+            return data
+
+    def open_(path, name):
+        return Counting(io.FileIO(path, "rb"))
+
+    monkeypatch.setattr(inputs, "_open", open_)
+    return counts
+
+
+def test_a_huge_binary_file_in_a_folder_is_judged_by_its_head(tmp_path, bytes_read):
+    root = tmp_path / "docs"
+    root.mkdir()
+    with open(root / "disk.img", "wb") as stream:
+        stream.truncate(3 << 30)  # sparse: 3 GiB of NUL bytes, no disk used
+    (root / "big.log").write_text("line\n" * 1000)
+    (root / "ok.txt").write_text("a document\n")
+    result = read_texts(InputSpec(files=[str(root)], documents=True, max_document_bytes=4096))
+    assert [t.text for t in result.texts] == ["a document"]
+    assert result.skipped == {"binary": 1, "larger than 4 KiB": 1}
+    assert max(bytes_read.values()) <= inputs._SNIFF_BYTES
+
+
+# --- one rule from bytes to text -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("documents", [False, True], ids=["lines", "document"])
+def test_the_first_fault_is_reported_in_every_mode(tmp_path, documents):
+    path = tmp_path / "faults.txt"
+    path.write_bytes(b"x" * 9000 + b"\nok\ncaf\xe9\nnul \x00 here\n")
+    with pytest.raises(
+        InputError, match=rf"^{re.escape(str(path))}:3: invalid UTF-8 \(byte 0xe9\)"
+    ):
+        read(InputSpec(files=[str(path)], documents=documents))
+    path.write_bytes(b"x" * 9000 + b"\nok\nnul \x00 here\ncaf\xe9\n")
+    with pytest.raises(
+        InputError, match=rf"^{re.escape(str(path))}:3: binary data \(a NUL byte\), not text"
+    ):
+        read(InputSpec(files=[str(path)], documents=documents))
+
+
+def test_a_late_nul_byte_skips_a_folder_document_as_binary(tmp_path):
+    (tmp_path / "late.txt").write_bytes(b"text\n" * 4000 + b"\x00")
+    (tmp_path / "ok.txt").write_text("fine\n")
+    result = read_texts(InputSpec(files=[str(tmp_path)], documents=True))
+    assert [t.text for t in result.texts] == ["fine"]
+    assert result.skipped == {"binary": 1}
+
+
+def test_decode_is_the_rule_for_every_input():
+    assert inputs.decode("\ufeffcafé\r\n".encode(), "x") == "café\r\n"
+    with pytest.raises(InputError, match=r"^x: binary file, not text$"):
+        inputs.decode(b"\x7fELF\x00", "x")
+    with pytest.raises(InputError, match=r"^x:3: binary data \(a NUL byte\)"):
+        inputs.decode(b"a" * 9000 + b"\n\n\x00", "x")
+
+
+@pytest.mark.usefixtures("no_model")
+@pytest.mark.parametrize("command", ["embed", "matrix"])
+def test_max_line_bytes_option_bounds_one_line(cli, tmp_path, command: str) -> None:
+    file = tmp_path / "long.txt"
+    file.write_text("short\n" + "x" * 100 + "\n")
+    result = cli(command, "-i", str(file), "--max-line-bytes", "50")
+    assert_error(result, ExitStatus.INPUT, f"{file}:2", "--max-line-bytes")
+    queries = cli("similar", "--queries", str(file), "a", "--max-line-bytes", "50")
+    assert_error(queries, ExitStatus.INPUT, f"{file}:2")

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -373,3 +374,87 @@ def test_answers_without_importing_torch(args: list[str], code: int) -> None:
         assert "--frobnicate" in stderr
     if code == ExitStatus.INPUT:
         assert "no-such-file.txt" in stderr
+
+
+# --- inputs that cannot be read twice, as a shell gives them ------------------------------
+
+
+def bash(script: str, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run a bash script; ``$PY`` runs the CLI, ``$1``… are ``args``."""
+    return subprocess.run(
+        ["bash", "-c", script, "bash", *args],
+        input=input,
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, "PY": f"{sys.executable} -m modernbert_cli"},
+        timeout=300,
+    )
+
+
+def test_process_substitution_is_read_once(tmp_path: Path, tiny_model: str) -> None:
+    """`embed -i <(printf …) -o keep.jsonl` once replaced keep.jsonl with an empty file."""
+    output = tmp_path / "keep.jsonl"
+    output.write_text("an existing file\n")
+    result = bash(
+        '$PY embed -m "$1" -i <(printf \'alpha\\nbeta\\n\') -o "$2"', tiny_model, str(output)
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["text"] for r in records] == ["alpha", "beta"]
+    assert all(r["source"].startswith("/dev/fd/") for r in records)
+
+
+def test_dev_stdin_is_read_once(tiny_model: str) -> None:
+    """`similar alpha -i /dev/stdin` once printed nothing with exit 0."""
+    result = bash('$PY similar alpha -m "$1" -i /dev/stdin', tiny_model, input=b"beta\nalpha\n")
+    assert result.returncode == 0, result.stderr.decode()
+    hits = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [(h["rank"], h["text"], h["source"]) for h in hits] == [
+        (1, "alpha", "/dev/stdin:2"),
+        (2, "beta", "/dev/stdin:1"),
+    ]
+
+
+def test_a_named_fifo_is_read_once(tmp_path: Path, tiny_model: str) -> None:
+    """A FIFO as -i once hung: its second open waited for a writer that never came."""
+    fifo = tmp_path / "texts.fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as stream:  # waits until the CLI opens it
+            stream.write(b"one\ntwo\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    result = run_subprocess(["matrix", "-m", tiny_model, "-i", str(fifo), "-f", "csv"])
+    writer.join(timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    header, *rows = result.stdout.decode().splitlines()
+    assert header == ",one,two"
+    assert [row.split(",")[0] for row in rows] == ["one", "two"]
+
+
+def test_argument_bytes_that_are_not_utf8() -> None:
+    result = run_subprocess(["embed", "fine", b"\xff\xfe bad"])  # type: ignore[list-item]
+    assert result.returncode == ExitStatus.INPUT
+    assert result.stdout == b""
+    assert result.stderr == (
+        b"modernbert-cli: error: <arg>:2: invalid UTF-8 (byte 0xff); convert it to UTF-8\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("/dev/zero", "/dev/zero: binary file, not text"),
+        ("<(tr '\\0' a < /dev/zero)", ":1: a line longer than 64 MiB"),
+    ],
+    ids=["zero", "endless-line"],
+)
+def test_an_endless_input_stops_with_one_line(source: str, message: str, tiny_model: str) -> None:
+    """`embed -i /dev/zero` once grew memory without end."""
+    result = bash(f'$PY embed -m "$1" -i {source}', tiny_model)
+    stderr = result.stderr.decode()
+    assert result.returncode == ExitStatus.INPUT, stderr
+    assert stderr.startswith("modernbert-cli: error: ") and stderr.count("\n") == 1, stderr
+    assert message in stderr
