@@ -23,6 +23,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -435,14 +436,8 @@ def _open_source(
     if name == STDIN:
         return stdin.open(claim, spec), STDIN_NAME, True
     display = _shown(name)
-    try:
+    with _reading(display):
         status = os.stat(name)
-    except FileNotFoundError:
-        raise InputError(f"{display}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{display}: permission denied") from None
-    except OSError as error:
-        raise InputError(f"{display}: cannot read ({error.strerror or error})") from None
     if stat.S_ISDIR(status.st_mode):
         return None, display, False
     if stat.S_ISREG(status.st_mode):
@@ -451,8 +446,15 @@ def _open_source(
 
 
 def _open(path: Path, name: str) -> BinaryIO:
-    try:
+    with _reading(name):
         return path.open("rb")
+
+
+@contextmanager
+def _reading(name: str) -> Iterator[None]:
+    """An OSError while reading ``name`` as the one-line InputError that names it."""
+    try:
+        yield
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except PermissionError:

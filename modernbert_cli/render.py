@@ -377,6 +377,22 @@ def _json_line(stream: IO[str], record: Mapping[str, Any]) -> None:
     stream.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _place(item: Any) -> dict[str, Any]:
+    """A passage's file and line range, for JSON records (nothing for other texts)."""
+    if getattr(item, "path", None) is None or getattr(item, "start", None) is None:
+        return {}
+    return {"path": item.path, "lines": [item.start, item.end]}
+
+
+def _grep_line(item: Any) -> str:
+    """``PATH:LINE`` as grep and ripgrep print it (editors open it there: vim -q, VS Code)."""
+    if getattr(item, "path", None) is not None and getattr(item, "start", None) is not None:
+        return f"{item.path}:{item.start}"
+    source = str(getattr(item, "source", "") or "")
+    where, _, line = source.rpartition(":")
+    return source if where and line.isdigit() else f"{source}:1"
+
+
 class _JsonList:
     """One JSON list, written an element at a time: nothing is held whole."""
 
@@ -476,6 +492,7 @@ class _JsonEmbeddings(_EmbeddingsSink):
             record = {
                 "text": t.text,
                 "source": t.source,
+                **_place(t),
                 "model": self.model,
                 "embedding": e.tolist(),
                 "meta": self.described,
@@ -659,8 +676,9 @@ def write_hits(
 
 
 def _hit_records(
-    queries: Sequence[Text], results: Sequence[Sequence[Hit]]
+    queries: Sequence[Text], results: Sequence[Sequence[Hit]], place: bool = False
 ) -> Iterator[dict[str, Any]]:
+    """One record per hit; ``place`` adds a passage's path and lines (JSON only)."""
     for q, hits in zip(queries, results, strict=True):
         for h in hits:
             yield {
@@ -669,19 +687,27 @@ def _hit_records(
                 "score": h.score,
                 "text": h.item.text,
                 "source": h.item.source,
+                **(_place(h.item) if place else {}),
             }
 
 
 def _jsonl_hits(stream: IO[str], queries: Sequence[Text], results: Any, metric: str) -> None:
-    for record in _hit_records(queries, results):
+    for record in _hit_records(queries, results, place=True):
         _json_line(stream, record)
 
 
 def _json_hits(stream: IO[str], queries: Sequence[Text], results: Any, metric: str) -> None:
     records = _JsonList(stream)
-    for record in _hit_records(queries, results):
+    for record in _hit_records(queries, results, place=True):
         records.add(record)
     records.close()
+
+
+def _grep_hits(stream: IO[str], queries: Sequence[Text], results: Any, metric: str) -> None:
+    """One line per hit, best first: ``PATH:LINE: text`` (on one line), as ripgrep prints."""
+    for hits in results:
+        for h in hits:
+            stream.write(f"{_grep_line(h.item)}: {' '.join(h.item.text.split())}\n")
 
 
 def _delimited_hits(
@@ -937,22 +963,26 @@ def write_cache_stats(stream: IO[str], path: Any, size: int, models: Sequence[An
 
 
 def write_servers(stream: IO[str], servers: Sequence[dict[str, Any]]) -> None:
-    """The running servers, as a table."""
+    """The running servers, as a table (a paused or loading one shows what is known)."""
     import time
 
     from rich.table import Table
 
     table = Table(title="modernbert-cli servers", title_justify="left")
-    for column in ("model", "pid", "requests", "up", "idle timeout", "socket"):
+    columns = ("model", "pid", "state", "requests", "up", "idle timeout", "http", "socket")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("pid", "requests") else "left")
     for server in servers:
-        up = time.time() - server["started"]
+        started, idle = server.get("started"), server.get("idle_timeout")
+        requests = server.get("requests")
         table.add_row(
-            _Path(server["model"]),
-            str(server["pid"]),
-            f"{server['requests']:,}",
-            f"{up / 60:.0f} min",
-            f"{server['idle_timeout'] / 60:g} min",
+            _Path(server.get("model") or "?"),
+            str(server.get("pid") or "?"),
+            server.get("state", "running"),
+            "?" if requests is None else f"{requests:,}",
+            "?" if started is None else f"{(time.time() - started) / 60:.0f} min",
+            "?" if idle is None else f"{idle / 60:g} min",
+            _line(server.get("http") or "-"),
             _Path(server["socket"], "dim"),
         )
     if not servers:
@@ -1032,6 +1062,7 @@ FORMATS: dict[str, Format] = {
             matrix=_npy_scores,
             pairs=_npy_scores,
         ),
+        Format("grep", similar=_grep_hits),
     )
 }
 
