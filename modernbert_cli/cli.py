@@ -686,7 +686,16 @@ def embed(
             render.open_output(output, binary=fmt == "npy") as stream,
             session.progress(embedder, expected or 0),
         ):
-            writer = render.EmbeddingsWriter(stream, fmt, embedder.name)
+            # What the vectors are, for the files similar --embeddings reads back.
+            meta = {
+                "model": embedder.name,
+                "precision": precision,
+                "normalized": normalize,
+                "prompt": prompt,
+                "prompt_name": prompt_name,
+                "truncate_dim": truncate_dim,
+            }
+            writer = render.EmbeddingsWriter(stream, fmt, meta, path=output)
             for chunk in chunks(items):
                 writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
@@ -1002,7 +1011,7 @@ def matrix(
         if pairwise:
             render.write_pairs(stream, fmt, rows, columns, scores)
         else:
-            render.write_matrix(stream, fmt, rows, columns if columns is not None else rows, scores)
+            render.write_matrix(stream, fmt, rows, columns, scores)
 
 
 # --- serve -------------------------------------------------------------------------------
