@@ -683,18 +683,11 @@ def embed(
             items = found
         # Read, embed and write a chunk at a time: memory stays flat however long the input.
         with (
-            render.open_output(output, binary=fmt == "npy") as stream,
+            render.open_output(output, binary=render.FORMATS[fmt].binary) as stream,
             session.progress(embedder, expected or 0),
         ):
             # What the vectors are, for the files similar --embeddings reads back.
-            meta = {
-                "model": embedder.name,
-                "precision": precision,
-                "normalized": normalize,
-                "prompt": prompt,
-                "prompt_name": prompt_name,
-                "truncate_dim": truncate_dim,
-            }
+            meta = embedder.describe(**options)
             writer = render.EmbeddingsWriter(stream, fmt, meta, path=output)
             for chunk in chunks(items):
                 writer.write(chunk, embedder.embed(chunk, **options))
@@ -873,7 +866,7 @@ def similar(
     with session.embedder(settings_of(ctx), total if corpus_size else None) as embedder:
         metric = metric or embedder.similarity_fn_name
         if stored is not None:
-            _check_stored(stored, embeddings, embedder, session)
+            _check_stored(stored, embeddings, embedder)
             corpus: Any = stored.texts
         elif split.on:
             prompt = embedder.prompt_text(role="document")
@@ -889,6 +882,7 @@ def similar(
                     threshold=threshold,
                     metric=metric,
                     corpus_embeddings=stored.embeddings if stored else None,
+                    truncate_dim=(stored.meta or {}).get("truncate_dim") if stored else None,
                     distinct=_file_of if per_document else None,
                 )
             except SettingError as error:
@@ -897,6 +891,8 @@ def similar(
                 raise UsageError(
                     f"--embeddings {embeddings} {error.reason}: use the model that made them"
                 ) from None
+        if stored is not None:
+            _stored_notes(stored, embeddings, embedder, session)
     session.report_skipped(skipped)
     session.report_truncated(embedder, total)
     with render.open_output(output) as stream:
@@ -908,14 +904,32 @@ def _file_of(item: Any) -> str:
     return getattr(item, "path", None) or item.source
 
 
-def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
+def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder) -> None:
     """Saved embeddings must come from the model that embeds the queries."""
     if stored.model is not None and stored.model != embedder.name:
         raise UsageError(
             f"--embeddings {path} was made with model '{stored.model}', not "
             f"'{embedder.name}': pass -m {stored.model}"
         )
-    if embedder.prompts.get("document"):
+
+
+def _stored_notes(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
+    """What a person should know of saved embeddings that were scored (after the results)."""
+    meta = stored.meta
+    if meta is None:
+        session.note(
+            f"--embeddings {path} does not say how it was made (an older modernbert-cli): its "
+            "scores are right only for this model and settings"
+        )
+    elif meta.get("fingerprint"):
+        ours = embedder.describe(prompt=meta.get("prompt") or "")["fingerprint"]
+        if ours != meta["fingerprint"]:
+            session.warn(
+                f"--embeddings {path} was made from other model files or settings (dtype, "
+                "--max-seq-length, --quantize) than this run's: scores may differ a little"
+            )
+    document_prompt = embedder.prompts.get("document")
+    if document_prompt and (meta is None or meta.get("prompt") != document_prompt):
         session.note(
             f"model '{embedder.name}' has a document prompt; the saved embeddings should be "
             "made with: embed --prompt-name document"
@@ -1007,7 +1021,7 @@ def matrix(
         else:
             scores = embedder.matrix(rows, columns, metric=metric)
     session.report_truncated(embedder, total)
-    with render.open_output(output, binary=fmt == "npy") as stream:
+    with render.open_output(output, binary=render.FORMATS[fmt].binary) as stream:
         if pairwise:
             render.write_pairs(stream, fmt, rows, columns, scores)
         else:

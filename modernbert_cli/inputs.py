@@ -47,6 +47,7 @@ MAX_LINE_BYTES = 64 << 20
 MAX_DOCUMENT_BYTES = 256 << 20
 
 # How a file is read, by its suffix; any other file is lines, or one document.
+_PARQUET_SUFFIXES = (".parquet", ".pq")
 _SUFFIX_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 _NEWLINE = b"\n"  # for f-strings, which cannot hold a backslash before Python 3.12
 
@@ -411,6 +412,12 @@ def _checked_argument(text: str, where: str) -> str:
 def _iter_file(
     name: str, spec: InputSpec, stdin: Stdin, out: Inputs, claim: Claim
 ) -> Iterator[Text]:
+    if _suffix(name) in _PARQUET_SUFFIXES and os.path.isfile(name):
+        # Columnar and compressed: pyarrow reads it a row group at a time, by --column.
+        from modernbert_cli.parquet import iter_parquet_texts
+
+        yield from iter_parquet_texts(name, spec.column)
+        return
     stream, display, one_shot = _open_source(name, spec, stdin, claim)
     if stream is None:
         if not spec.documents:

@@ -523,6 +523,28 @@ class _DelimitedEmbeddings(_EmbeddingsSink):
             self._write_row([t.text, t.source, *e.tolist()])
 
 
+class _ParquetEmbeddings(_EmbeddingsSink):
+    """Columns text, source, embedding; what they are goes in the file's schema metadata."""
+
+    def __init__(self, stream: IO[bytes], meta: dict[str, Any], path: str | None) -> None:
+        super().__init__(stream, meta, path)
+        self._parquet: Any = None
+
+    def add(self, texts: Sequence[Text], embeddings: Any) -> None:
+        if self._parquet is None:
+            from modernbert_cli.parquet import ParquetEmbeddingsWriter
+
+            self._parquet = ParquetEmbeddingsWriter(self.stream, self.described or self.meta)
+        self._parquet.write(texts, embeddings)
+
+    def close(self) -> None:
+        if self._parquet is None:  # no rows: still a valid file of the right shape
+            from modernbert_cli.parquet import ParquetEmbeddingsWriter
+
+            self._parquet = ParquetEmbeddingsWriter(self.stream, self.meta)
+        self._parquet.close()
+
+
 class _NpyEmbeddings(_EmbeddingsSink):
     """The bare N×D array; what it is goes in a ``FILE.npy.json`` beside it."""
 
@@ -1062,6 +1084,7 @@ FORMATS: dict[str, Format] = {
             matrix=_npy_scores,
             pairs=_npy_scores,
         ),
+        Format("parquet", (".parquet", ".pq"), binary=True, embed=_ParquetEmbeddings),
         Format("grep", similar=_grep_hits),
     )
 }

@@ -213,7 +213,7 @@ def test_output_replaces_an_existing_file(embed, tmp_path):
 
 
 def test_unknown_output_extension_is_a_usage_error(embed_fails, no_model, tmp_path):
-    path = tmp_path / "out.parquet"
+    path = tmp_path / "out.xyz"
     stderr = embed_fails(*TEXTS, "-o", str(path), status=ExitStatus.USAGE)
     assert str(path) in stderr
     assert "--format" in stderr
