@@ -297,6 +297,62 @@ QuietOpt = Annotated[
 ]
 
 
+_CLUSTER = "Cluster (Ray)"
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Embed on Ray: local (start Ray here), auto (join RAY_ADDRESS), ray://HOST:PORT "
+        "or HOST:PORT. -o names a folder of Parquet parts; a rerun writes only missing parts.",
+        rich_help_panel=_CLUSTER,
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        metavar="N",
+        help="Ray workers, each loading the model once.",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-worker",
+        min=0,
+        metavar="F",
+        help="GPUs per Ray worker (0: CPU workers; 0.5: two share a GPU).",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+CpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option(
+        "--cpus-per-worker",
+        min=0,
+        metavar="F",
+        help="CPUs per Ray worker: its threads (give GPU workers 4 or more).",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+PartSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--part-size",
+        min=1,
+        metavar="N",
+        help="Texts per part file \\[default: 10,000 for CPU workers, 500,000 for GPU workers; "
+        "a rerun keeps the folder's own].",
+        rich_help_panel=_CLUSTER,
+        show_default=False,
+    ),
+]
+
+
 def _format_option(formats: Sequence[str], default: str) -> Any:
     return Annotated[
         Literal[tuple(formats)] | None,  # type: ignore[valid-type]
@@ -622,6 +678,11 @@ def embed(
             rich_help_panel="Model",
         ),
     ] = None,
+    ray: RayOpt = None,
+    workers: WorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    part_size: PartSizeOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -629,6 +690,23 @@ def embed(
     from modernbert_cli.embedder import chunks
 
     session = Session.start(quiet)
+    options = {
+        "normalize": normalize,
+        "precision": precision,
+        "truncate_dim": truncate_dim,
+        "prompt": prompt,
+        "prompt_name": prompt_name,
+    }
+    if ray is not None:
+        if texts or documents or as_passages or fmt not in (None, "parquet") or not inputs:
+            raise UsageError(
+                "--ray reads files given with -i (no text arguments, stdin, --documents or "
+                "--passages) and writes Parquet parts to the folder given with -o"
+            )
+        cluster = {"address": ray, "workers": workers, "part_size": part_size}
+        cluster |= {"gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker}
+        _embed_on_ray(session, settings_of(ctx), inputs, output, field, column, cluster, options)
+        return
     fmt = render.choose_format(
         fmt, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
     )
@@ -639,13 +717,6 @@ def embed(
     if not split.on:  # passages are read as they are embedded, checked once the model is known
         found = scan(spec, session.stdin)
         session.report_skipped(found.skipped)
-    options = {
-        "normalize": normalize,
-        "precision": precision,
-        "truncate_dim": truncate_dim,
-        "prompt": prompt,
-        "prompt_name": prompt_name,
-    }
     expected = found.count if found else None
     with session.embedder(settings_of(ctx), expected) as embedder:
         embedder.check(**options)
@@ -656,15 +727,59 @@ def embed(
             items = found
         # Read, embed and write a chunk at a time: memory stays flat however long the input.
         with (
-            render.open_output(output, binary=fmt == "npy") as stream,
+            render.open_output(output, binary=render.FORMATS[fmt].binary) as stream,
             session.progress(embedder, expected),
         ):
-            writer = render.EmbeddingsWriter(stream, fmt, embedder.name)
+            # What the vectors are, for the files similar --embeddings reads back.
+            meta = embedder.describe(**options)
+            writer = render.EmbeddingsWriter(stream, fmt, meta, path=output)
             for chunk in chunks(items):
                 writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
     session.report_skipped(skipped)
     session.report_truncated(embedder, writer.count)
+
+
+def _embed_on_ray(
+    session: Session,
+    settings: Settings,
+    inputs: list[str],
+    output: str | None,
+    field: str | None,
+    column: str | None,
+    cluster: dict[str, Any],
+    options: dict[str, Any],
+) -> None:
+    """``embed --ray``: the files, on a pool of Ray workers, into a folder of Parquet parts."""
+    from dataclasses import asdict
+
+    from modernbert_cli.distributed import run_ray_embed
+
+    if output is None:
+        raise UsageError("--ray writes a folder of Parquet parts: name it with -o DIR")
+    try:
+        result = run_ray_embed(
+            inputs,
+            output,
+            embedder_options=asdict(settings),
+            field=field,
+            column=column,
+            progress=lambda progress: session.note(progress.line()),
+            note=session.note,
+            **cluster,
+            **options,
+        )
+    except SettingError as error:
+        if error.setting != "address":
+            raise
+        raise UsageError(f"--ray {error.value}: {error.reason}") from None
+    session.note(
+        f"{output}: {result.texts:,} texts in {result.parts_total} part(s) "
+        f"({result.parts_written} written now, {result.parts_kept} kept) "
+        f"in {result.seconds:,.0f} s"
+    )
+    if result.truncated:
+        session.note(f"[yellow]{result.truncated} text(s) were truncated[/] (see --max-seq-length)")
 
 
 # --- similar -----------------------------------------------------------------------------
@@ -795,7 +910,7 @@ def similar(
     with session.embedder(settings_of(ctx), total if corpus_size else None) as embedder:
         metric = metric or embedder.similarity_fn_name
         if stored is not None:
-            _check_stored(stored, embeddings, embedder, session)
+            _check_stored(stored, embeddings, embedder)
             corpus: Any = stored.texts
         elif split.on:
             prompt = embedder.prompt_text(role="document")
@@ -811,6 +926,7 @@ def similar(
                     threshold=threshold,
                     metric=metric,
                     corpus_embeddings=stored.embeddings if stored else None,
+                    truncate_dim=(stored.meta or {}).get("truncate_dim") if stored else None,
                     distinct=_file_of if per_document else None,
                 )
             except SettingError as error:
@@ -819,6 +935,8 @@ def similar(
                 raise UsageError(
                     f"--embeddings {embeddings} {error.reason}: use the model that made them"
                 ) from None
+        if stored is not None:
+            _stored_notes(stored, embeddings, embedder, session)
     session.report_skipped(skipped)
     session.report_truncated(embedder, total)
     with render.open_output(output) as stream:
@@ -830,14 +948,32 @@ def _file_of(item: Any) -> str:
     return getattr(item, "path", None) or item.source
 
 
-def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
+def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder) -> None:
     """Saved embeddings must come from the model that embeds the queries."""
     if stored.model is not None and stored.model != embedder.name:
         raise UsageError(
             f"--embeddings {path} was made with model '{stored.model}', not "
             f"'{embedder.name}': pass -m {stored.model}"
         )
-    if embedder.prompts.get("document"):
+
+
+def _stored_notes(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
+    """What a person should know of saved embeddings that were scored (after the results)."""
+    meta = stored.meta
+    if meta is None:
+        session.note(
+            f"--embeddings {path} does not say how it was made (an older modernbert-cli): its "
+            "scores are right only for this model and settings"
+        )
+    elif meta.get("fingerprint"):
+        ours = embedder.describe(prompt=meta.get("prompt") or "")["fingerprint"]
+        if ours != meta["fingerprint"]:
+            session.warn(
+                f"--embeddings {path} was made from other model files or settings (dtype, "
+                "--max-seq-length, --quantize) than this run's: scores may differ a little"
+            )
+    document_prompt = embedder.prompts.get("document")
+    if document_prompt and (meta is None or meta.get("prompt") != document_prompt):
         session.note(
             f"model '{embedder.name}' has a document prompt; the saved embeddings should be "
             "made with: embed --prompt-name document"
@@ -929,11 +1065,11 @@ def matrix(
         else:
             scores = embedder.matrix(rows, columns, metric=metric)
     session.report_truncated(embedder, total)
-    with render.open_output(output, binary=fmt == "npy") as stream:
+    with render.open_output(output, binary=render.FORMATS[fmt].binary) as stream:
         if pairwise:
             render.write_pairs(stream, fmt, rows, columns, scores)
         else:
-            render.write_matrix(stream, fmt, rows, columns if columns is not None else rows, scores)
+            render.write_matrix(stream, fmt, rows, columns, scores)
 
 
 # --- serve -------------------------------------------------------------------------------

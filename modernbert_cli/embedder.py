@@ -224,13 +224,15 @@ class Embedder:
 
         encode = self._options(**options)
         role = options.get("role")
+        # No dimensions: they would load the model, and the vectors themselves say.
         return {
             "model": self.name,
             "fingerprint": self.encoder.fingerprint(encode, role),
-            "dimensions": encode.truncate_dim or self.dimensions,
             "precision": encode.precision,
             "normalized": encode.normalize,
             "prompt": self.encoder.prompt_text(encode, role),
+            "prompt_name": encode.prompt_name,
+            "truncate_dim": encode.truncate_dim,
             "similarity": self.similarity_fn_name,
             **self.vector_settings(),
             "modernbert_cli": __version__,
@@ -301,6 +303,7 @@ class Embedder:
         threshold: float | None = None,
         metric: str | None = None,
         corpus_embeddings: np.ndarray | None = None,
+        truncate_dim: int | None = None,
         distinct: Callable[[Any], Hashable] | None = None,
     ) -> list[list[Hit]]:
         """For each query, the best corpus items; the corpus is embedded once, streamed.
@@ -309,11 +312,12 @@ class Embedder:
         (memory holds one chunk of it and the best ``top_k`` per query). With
         ``corpus_embeddings``, those rows are scored and ``corpus`` only labels them.
         ``distinct`` keeps only the best of items with the same key, e.g. one passage
-        per file: ``distinct=lambda passage: passage.path``.
+        per file: ``distinct=lambda passage: passage.path``. ``truncate_dim`` cuts queries
+        and corpus to that many dimensions (Matryoshka models).
         """
         from modernbert_cli.scoring import TopK
 
-        query_vectors = self.embed(_strings(queries), role="query")
+        query_vectors = self.embed(_strings(queries), role="query", truncate_dim=truncate_dim)
         metric = metric or self.similarity_fn_name
         best = TopK(len(queries), metric, k=top_k, threshold=threshold, distinct=distinct)
         if corpus_embeddings is not None:
@@ -326,7 +330,8 @@ class Embedder:
             best.add(query_vectors, corpus_embeddings, list(corpus))
             return best.results()
         for chunk in chunks(corpus):
-            best.add(query_vectors, self.embed(_strings(chunk), role="document"), chunk)
+            vectors = self.embed(_strings(chunk), role="document", truncate_dim=truncate_dim)
+            best.add(query_vectors, vectors, chunk)
         return best.results()
 
     def matrix(

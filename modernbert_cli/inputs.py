@@ -23,6 +23,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,6 +48,7 @@ MAX_LINE_BYTES = 64 << 20
 MAX_DOCUMENT_BYTES = 256 << 20
 
 # How a file is read, by its suffix; any other file is lines, or one document.
+_PARQUET_SUFFIXES = (".parquet", ".pq")
 _SUFFIX_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 _NEWLINE = b"\n"  # for f-strings, which cannot hold a backslash before Python 3.12
 
@@ -411,6 +413,12 @@ def _checked_argument(text: str, where: str) -> str:
 def _iter_file(
     name: str, spec: InputSpec, stdin: Stdin, out: Inputs, claim: Claim
 ) -> Iterator[Text]:
+    if _suffix(name) in _PARQUET_SUFFIXES and os.path.isfile(name):
+        # Columnar and compressed: pyarrow reads it a row group at a time, by --column.
+        from modernbert_cli.parquet import iter_parquet_texts
+
+        yield from iter_parquet_texts(name, spec.column)
+        return
     stream, display, one_shot = _open_source(name, spec, stdin, claim)
     if stream is None:
         if not spec.documents:
@@ -436,14 +444,8 @@ def _open_source(
     if name == STDIN:
         return stdin.open(claim, spec), STDIN_NAME, True
     display = _shown(name)
-    try:
+    with _reading(display):
         status = os.stat(name)
-    except FileNotFoundError:
-        raise InputError(f"{display}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{display}: permission denied") from None
-    except OSError as error:
-        raise InputError(f"{display}: cannot read ({error.strerror or error})") from None
     if stat.S_ISDIR(status.st_mode):
         return None, display, False
     if stat.S_ISREG(status.st_mode):
@@ -452,8 +454,15 @@ def _open_source(
 
 
 def _open(path: Path, name: str) -> BinaryIO:
-    try:
+    with _reading(name):
         return path.open("rb")
+
+
+@contextmanager
+def _reading(name: str) -> Iterator[None]:
+    """An OSError while reading ``name`` as the one-line InputError that names it."""
+    try:
+        yield
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except PermissionError:

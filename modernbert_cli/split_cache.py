@@ -2,10 +2,11 @@
 
 Cutting a file into passages runs the tokenizer over every line (about 1 MB of text
 a second on one CPU core, measured by ``benchmarks/passages_speed.py``): over a large
-folder, far more than a query over cached embeddings costs. So each file's passages are kept in a SQLite file of their
-own, ``passages.sqlite3`` beside the embedding cache, under a *key* naming all that
-decides the cuts besides the file (tokenizer, sizes, prompt, the splitting code's
-version: see :meth:`modernbert_cli.passages.Splitter.key`).
+folder, far more than a query over cached embeddings costs. So each file's passages
+are kept in a SQLite file of their own, ``passages.sqlite3`` beside the embedding
+cache, under a *key* naming all that decides the cuts besides the file (tokenizer,
+sizes, prompt, the splitting code's version: see
+:meth:`modernbert_cli.passages.Splitter.key`).
 
 Whether a file is unchanged is decided as git decides it for its index:
 
@@ -41,6 +42,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from modernbert_cli.cache import _make_private
+from modernbert_cli.cache import default_path as embeddings_path
 
 CACHE_FILE = "passages.sqlite3"
 DEFAULT_MAX_BYTES = 512 << 20
@@ -93,8 +97,6 @@ Item = tuple[int, int, str]  # a passage as kept: first line, last line, text
 
 def default_path() -> Path:
     """``passages.sqlite3`` in the embedding cache's folder (``$MODERNBERT_CLI_CACHE_DIR``)."""
-    from modernbert_cli.cache import default_path as embeddings_path
-
     return embeddings_path().parent / CACHE_FILE
 
 
@@ -160,7 +162,8 @@ class SplitCache:
             return None
         if self._db is None:
             try:
-                _private_file(self.path)
+                # Passages are the user's text: for this user alone, as the vectors are.
+                _make_private(self.path)
                 self._db = _retry_busy(self._open)
             except (sqlite3.Error, OSError) as error:
                 self._fail(error)
@@ -519,13 +522,6 @@ def clear(path: Path | None = None) -> bool:
 
 def _fields(stat: Stat) -> tuple[int, int, int, int, int]:
     return stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode, stat.device
-
-
-def _private_file(path: Path) -> None:
-    """The folder (0700) and the file (0600) made for this user alone, if they are new:
-    passages are the user's text."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 def _delete(db: sqlite3.Connection, ids: list[int]) -> None:
