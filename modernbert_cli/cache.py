@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import stat
 import sys
 import time
 import zlib
@@ -168,7 +169,7 @@ class EmbeddingCache:
             return None
         if self._db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _make_private(self.path)
                 self._db = _retry_busy(self._open)
             except (sqlite3.Error, OSError) as error:
                 self._fail(error)
@@ -447,6 +448,28 @@ class EmbeddingCache:
                 raise OutputError(
                     f"cannot delete the damaged cache file {file}: {error.strerror or error}"
                 ) from None
+
+
+def _make_private(path: Path) -> None:
+    """The folder 0700 (when we make it) and the file 0600, before SQLite opens it.
+
+    Others must not read a user's vectors, nor test whether a sentence was ever embedded
+    (keys are hashes of the texts). SQLite gives the -wal and -shm files the mode of the
+    database file. A file made 0644 by an older version is narrowed too.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.parent.mkdir(mode=0o700, parents=True)
+        os.chmod(path.parent, 0o700)  # exactly: mkdir's mode passes through the umask
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for journal in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(journal.stat().st_mode) & 0o077:
+                os.chmod(journal, 0o600)
 
 
 class _transaction:

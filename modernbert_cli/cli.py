@@ -9,25 +9,33 @@ inside the core, never here, so ``--help``, ``--version`` and input errors answe
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
 
 import typer
 from rich.console import Console
 
-from modernbert_cli import __version__, render
-from modernbert_cli.errors import CliError, ExitStatus, SettingError, StdoutClosed, UsageError
+from modernbert_cli import __version__, passages, render
+from modernbert_cli.errors import (
+    CliError,
+    ExitStatus,
+    InputError,
+    SettingError,
+    StdoutClosed,
+    UsageError,
+)
 from modernbert_cli.inputs import (
     MAX_LINE_BYTES,
     InputSpec,
     Stdin,
+    iter_texts,
     query_text,
     read_file,
     read_texts,
@@ -227,6 +235,42 @@ MaxLineOpt = Annotated[
         show_default=False,
     ),
 ]
+PassagesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--passages",
+        help="Split files and folders into passages that fit the model, each with its place "
+        "(PATH:START-END); folders honour .gitignore.",
+        rich_help_panel=_INPUT,
+    ),
+]
+PassageTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--passage-tokens",
+        metavar="N",
+        help=f"Tokens per passage \\[default: {passages.DEFAULT_PASSAGE_TOKENS}, at most the "
+        "model's limit].",
+        rich_help_panel=_INPUT,
+        show_default=False,
+    ),
+]
+OverlapOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--overlap",
+        metavar="N",
+        help=f"Tokens neighbouring passages share \\[default: {passages.DEFAULT_OVERLAP}].",
+        rich_help_panel=_INPUT,
+        show_default=False,
+    ),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Name every file a folder walk skips, and why (--passages)."
+    ),
+]
 OutputOpt = Annotated[
     str | None,
     typer.Option(
@@ -253,6 +297,62 @@ QuietOpt = Annotated[
 ]
 
 
+_CLUSTER = "Cluster (Ray)"
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Embed on Ray: local (start Ray here), auto (join RAY_ADDRESS), ray://HOST:PORT "
+        "or HOST:PORT. -o names a folder of Parquet parts; a rerun writes only missing parts.",
+        rich_help_panel=_CLUSTER,
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        metavar="N",
+        help="Ray workers, each loading the model once.",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-worker",
+        min=0,
+        metavar="F",
+        help="GPUs per Ray worker (0: CPU workers; 0.5: two share a GPU).",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+CpusPerWorkerOpt = Annotated[
+    float,
+    typer.Option(
+        "--cpus-per-worker",
+        min=0,
+        metavar="F",
+        help="CPUs per Ray worker: its threads (give GPU workers 4 or more).",
+        rich_help_panel=_CLUSTER,
+    ),
+]
+PartSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--part-size",
+        min=1,
+        metavar="N",
+        help="Texts per part file \\[default: 10,000 for CPU workers, 500,000 for GPU workers; "
+        "a rerun keeps the folder's own].",
+        rich_help_panel=_CLUSTER,
+        show_default=False,
+    ),
+]
+
+
 def _format_option(formats: Sequence[str], default: str) -> Any:
     return Annotated[
         Literal[tuple(formats)] | None,  # type: ignore[valid-type]
@@ -270,6 +370,27 @@ def _format_option(formats: Sequence[str], default: str) -> Any:
 
 
 @dataclass
+class Reading:
+    """Passages read so far and the files they came from; a progress bar shows it as it
+    redraws (the count of passages is not known before they are cut)."""
+
+    passages: int = 0
+    files: int = 0
+
+    def count(self, items: Iterable[Any]) -> Iterator[Any]:
+        last = None
+        for item in items:
+            path = getattr(item, "path", None)
+            if path is not None and path != last:
+                self.files, last = self.files + 1, path
+            self.passages += 1
+            yield item
+
+    def __str__(self) -> str:
+        return f"{self.passages:,} passages from {self.files:,} file(s)"
+
+
+@dataclass
 class Session:
     """Streams and settings of one invocation, shared by the steps of a command."""
 
@@ -277,6 +398,7 @@ class Session:
     stderr: Console
     stdin: Stdin
     _live: bool = False  # a progress bar is showing: no spinner inside it
+    reading: Reading | None = None  # passages read so far, for a bar with no total
 
     @classmethod
     def start(cls, quiet: bool) -> Session:
@@ -331,25 +453,42 @@ class Session:
             embedder.close()
 
     @contextmanager
-    def progress(self, embedder: Embedder, total: int) -> Iterator[None]:
-        """A progress bar on stderr (texts, tokens/s, time left) for jobs worth one."""
-        if self.quiet or not self.stderr.is_terminal or total < _PROGRESS_MIN_TEXTS:
+    def progress(self, embedder: Embedder, total: int | None) -> Iterator[None]:
+        """A progress bar on stderr for jobs worth one: texts, tokens/s, time left. With no
+        total (passages, cut as they are embedded): passages and files read, time spent."""
+        if self.quiet or not self.stderr.is_terminal:
             yield
             return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        if total is not None and total < _PROGRESS_MIN_TEXTS:
+            yield
+            return
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
+        if total is None:  # the bar pulses; what was read shows how far it got
+            count = "{task.fields[read]}, {task.completed:,} embedded"
+            count = count if self.reading else "{task.completed:,} texts"
+            time_column: Any = TimeElapsedColumn()
+        else:
+            count = "{task.completed:,}/{task.total:,} texts"
+            time_column = TimeRemainingColumn()
         tokens = [0]
         started = time.monotonic()
         with Progress(
             TextColumn("embedding"),
             BarColumn(),
-            TextColumn("{task.completed:,}/{task.total:,} texts"),
+            TextColumn(count),
             TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
+            time_column,
             console=self.stderr,
             transient=True,
         ) as bar:
-            task = bar.add_task("embed", total=total, rate="")
+            task = bar.add_task("embed", total=total, rate="", read=self.reading)
 
             def advance(texts: int, batch_tokens: int) -> None:
                 tokens[0] += batch_tokens
@@ -388,6 +527,63 @@ def _input_spec(
         documents=documents,
         max_line_bytes=max_line_bytes,
     )
+
+
+@dataclass(frozen=True)
+class PassageOptions:
+    """--passages and its sizes, as a command received them."""
+
+    on: bool = False
+    tokens: int | None = None
+    overlap: int | None = None
+    verbose: bool = False
+
+    def check(self, spec: InputSpec) -> None:
+        """Option errors, before anything is read."""
+        if not self.on:
+            if self.tokens is not None or self.overlap is not None:
+                given = "--passage-tokens" if self.tokens is not None else "--overlap"
+                raise UsageError(f"{given} needs --passages")
+            return
+        if spec.field is not None or spec.column is not None:
+            raise UsageError("--passages reads files as text: --field and --column do not apply")
+
+
+def _passage_corpus(
+    session: Session, embedder: Embedder, spec: InputSpec, options: PassageOptions, prompt: str
+) -> tuple[Iterator[Any], dict[str, int]]:
+    """Text arguments as they are, files and folders as passages: checked now (sizes, names,
+    an empty corpus), read as they are embedded. The skips are counted as the walk goes."""
+    splitter = passages.Splitter.for_embedder(
+        embedder, options.tokens, options.overlap, prompt, warn=session.warn
+    )
+    names = [*(text for text in spec.texts if text == "-"), *spec.files]
+    plain = InputSpec(texts=[text for text in spec.texts if text != "-"])
+    if not names and not plain.texts and session.stdin.piped:
+        names = ["-"]
+    passages.check_names(names, spec.max_line_bytes)
+    skipped: dict[str, int] = {}
+
+    def skip(what: Any) -> None:
+        skipped[what.reason] = skipped.get(what.reason, 0) + 1
+        if options.verbose:
+            session.note(f"skipped {what}")
+
+    session.reading = Reading()
+    items = session.reading.count(
+        itertools.chain(
+            iter_texts(plain),
+            splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
+        )
+    )
+    first = next(items, None)
+    if first is None:
+        session.report_skipped(skipped)
+        if not names and not plain.texts:
+            raise InputError("no input: give files or folders with -i, or pipe text on stdin")
+        note = f" ({sum(skipped.values())} file(s) skipped)" if skipped else ""
+        raise InputError(f"{', '.join(names)}: no passages: no text in any file{note}")
+    return itertools.chain([first], items), skipped
 
 
 def _version(value: bool) -> None:
@@ -432,6 +628,9 @@ def embed(
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
     max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
+    as_passages: PassagesOpt = False,
+    passage_tokens: PassageTokensOpt = None,
+    overlap: OverlapOpt = None,
     fmt: _format_option(render.EMBED_FORMATS, "table on a terminal, jsonl when piped") = None,
     output: OutputOpt = None,
     normalize: Annotated[
@@ -479,18 +678,18 @@ def embed(
             rich_help_panel="Model",
         ),
     ] = None,
+    ray: RayOpt = None,
+    workers: WorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    part_size: PartSizeOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Embed texts: one vector per text, as a table, JSON lines, CSV/TSV or .npy."""
     from modernbert_cli.embedder import chunks
 
     session = Session.start(quiet)
-    fmt = render.choose_format(
-        fmt, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
-    )
-    spec = _input_spec(texts or (), inputs, field, column, documents, max_line_bytes)
-    found = scan(spec, session.stdin)
-    session.report_skipped(found.skipped)
     options = {
         "normalize": normalize,
         "precision": precision,
@@ -498,18 +697,89 @@ def embed(
         "prompt": prompt,
         "prompt_name": prompt_name,
     }
-    with session.embedder(settings_of(ctx), found.count) as embedder:
+    if ray is not None:
+        if texts or documents or as_passages or fmt not in (None, "parquet") or not inputs:
+            raise UsageError(
+                "--ray reads files given with -i (no text arguments, stdin, --documents or "
+                "--passages) and writes Parquet parts to the folder given with -o"
+            )
+        cluster = {"address": ray, "workers": workers, "part_size": part_size}
+        cluster |= {"gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker}
+        _embed_on_ray(session, settings_of(ctx), inputs, output, field, column, cluster, options)
+        return
+    fmt = render.choose_format(
+        fmt, output, render.EMBED_FORMATS, "jsonl", session.stdout_is_terminal
+    )
+    spec = _input_spec(texts or (), inputs, field, column, documents, max_line_bytes)
+    split = PassageOptions(as_passages, passage_tokens, overlap, verbose)
+    split.check(spec)
+    found, skipped = None, {}
+    if not split.on:  # passages are read as they are embedded, checked once the model is known
+        found = scan(spec, session.stdin)
+        session.report_skipped(found.skipped)
+    expected = found.count if found else None
+    with session.embedder(settings_of(ctx), expected) as embedder:
         embedder.check(**options)
+        if split.on:
+            prompt = embedder.prompt_text(**options)
+            items, skipped = _passage_corpus(session, embedder, spec, split, prompt)
+        else:
+            items = found
         # Read, embed and write a chunk at a time: memory stays flat however long the input.
         with (
-            render.open_output(output, binary=fmt == "npy") as stream,
-            session.progress(embedder, found.count),
+            render.open_output(output, binary=render.FORMATS[fmt].binary) as stream,
+            session.progress(embedder, expected),
         ):
-            writer = render.EmbeddingsWriter(stream, fmt, embedder.name)
-            for chunk in chunks(found):
+            # What the vectors are, for the files similar --embeddings reads back.
+            meta = embedder.describe(**options)
+            writer = render.EmbeddingsWriter(stream, fmt, meta, path=output)
+            for chunk in chunks(items):
                 writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
-    session.report_truncated(embedder, found.count)
+    session.report_skipped(skipped)
+    session.report_truncated(embedder, writer.count)
+
+
+def _embed_on_ray(
+    session: Session,
+    settings: Settings,
+    inputs: list[str],
+    output: str | None,
+    field: str | None,
+    column: str | None,
+    cluster: dict[str, Any],
+    options: dict[str, Any],
+) -> None:
+    """``embed --ray``: the files, on a pool of Ray workers, into a folder of Parquet parts."""
+    from dataclasses import asdict
+
+    from modernbert_cli.distributed import run_ray_embed
+
+    if output is None:
+        raise UsageError("--ray writes a folder of Parquet parts: name it with -o DIR")
+    try:
+        result = run_ray_embed(
+            inputs,
+            output,
+            embedder_options=asdict(settings),
+            field=field,
+            column=column,
+            progress=lambda progress: session.note(progress.line()),
+            note=session.note,
+            **cluster,
+            **options,
+        )
+    except SettingError as error:
+        if error.setting != "address":
+            raise
+        raise UsageError(f"--ray {error.value}: {error.reason}") from None
+    session.note(
+        f"{output}: {result.texts:,} texts in {result.parts_total} part(s) "
+        f"({result.parts_written} written now, {result.parts_kept} kept) "
+        f"in {result.seconds:,.0f} s"
+    )
+    if result.truncated:
+        session.note(f"[yellow]{result.truncated} text(s) were truncated[/] (see --max-seq-length)")
 
 
 # --- similar -----------------------------------------------------------------------------
@@ -544,6 +814,17 @@ def similar(
     column: ColumnOpt = None,
     documents: DocumentsOpt = False,
     max_line_bytes: MaxLineOpt = MAX_LINE_BYTES,
+    as_passages: PassagesOpt = False,
+    passage_tokens: PassageTokensOpt = None,
+    overlap: OverlapOpt = None,
+    per_document: Annotated[
+        bool,
+        typer.Option(
+            "--per-document",
+            help="At most one result per file: its best passage (with --passages).",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = False,
     queries: Annotated[
         str | None,
         typer.Option(
@@ -584,6 +865,7 @@ def similar(
     fmt: _format_option(render.SIMILAR_FORMATS, "table on a terminal, jsonl when piped") = None,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Rank texts by similarity to a query: the best matches first."""
     from modernbert_cli import saved
@@ -607,30 +889,45 @@ def similar(
         corpus_args = corpus_args[1:]
 
     spec = _input_spec(corpus_args, inputs, field, column, documents, max_line_bytes)
-    stored = None
+    split = PassageOptions(as_passages, passage_tokens, overlap, verbose)
+    split.check(spec)
+    if per_document and not split.on:
+        raise UsageError("--per-document needs --passages")
+    if split.on and embeddings is not None:
+        raise UsageError("--passages and --embeddings exclude each other")
+    # Passages are read as they are embedded, checked once the model's tokenizer is known.
+    stored, skipped, corpus_size = None, {}, 0
     if embeddings is not None:
         labels = read_texts(spec, session.stdin).texts if (corpus_args or inputs) else []
         stored = saved.load(embeddings, labels)
         corpus_size = len(stored.texts)
-    else:
+    elif not split.on:
         found = scan(spec, session.stdin, what="corpus")
         session.report_skipped(found.skipped)
         corpus_size = found.count
 
     total = len(query_texts) + corpus_size
-    with session.embedder(settings_of(ctx), total) as embedder:
+    with session.embedder(settings_of(ctx), total if corpus_size else None) as embedder:
         metric = metric or embedder.similarity_fn_name
         if stored is not None:
-            _check_stored(stored, embeddings, embedder, session)
-        with session.progress(embedder, total):
+            _check_stored(stored, embeddings, embedder)
+            corpus: Any = stored.texts
+        elif split.on:
+            prompt = embedder.prompt_text(role="document")
+            corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt)
+        else:
+            corpus = found
+        with session.progress(embedder, None if split.on else total if corpus_size else 0):
             try:
                 results = embedder.similar_many(
                     query_texts,
-                    stored.texts if stored else found,
+                    corpus,
                     top_k=top_k,
                     threshold=threshold,
                     metric=metric,
                     corpus_embeddings=stored.embeddings if stored else None,
+                    truncate_dim=(stored.meta or {}).get("truncate_dim") if stored else None,
+                    distinct=_file_of if per_document else None,
                 )
             except SettingError as error:
                 if error.setting != "corpus_embeddings":
@@ -638,19 +935,45 @@ def similar(
                 raise UsageError(
                     f"--embeddings {embeddings} {error.reason}: use the model that made them"
                 ) from None
+        if stored is not None:
+            _stored_notes(stored, embeddings, embedder, session)
+    session.report_skipped(skipped)
     session.report_truncated(embedder, total)
     with render.open_output(output) as stream:
         render.write_hits(stream, fmt, query_texts, results, metric)
 
 
-def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
+def _file_of(item: Any) -> str:
+    """The file a corpus item comes from (--per-document keeps one item per file)."""
+    return getattr(item, "path", None) or item.source
+
+
+def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder) -> None:
     """Saved embeddings must come from the model that embeds the queries."""
     if stored.model is not None and stored.model != embedder.name:
         raise UsageError(
             f"--embeddings {path} was made with model '{stored.model}', not "
             f"'{embedder.name}': pass -m {stored.model}"
         )
-    if embedder.prompts.get("document"):
+
+
+def _stored_notes(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
+    """What a person should know of saved embeddings that were scored (after the results)."""
+    meta = stored.meta
+    if meta is None:
+        session.note(
+            f"--embeddings {path} does not say how it was made (an older modernbert-cli): its "
+            "scores are right only for this model and settings"
+        )
+    elif meta.get("fingerprint"):
+        ours = embedder.describe(prompt=meta.get("prompt") or "")["fingerprint"]
+        if ours != meta["fingerprint"]:
+            session.warn(
+                f"--embeddings {path} was made from other model files or settings (dtype, "
+                "--max-seq-length, --quantize) than this run's: scores may differ a little"
+            )
+    document_prompt = embedder.prompts.get("document")
+    if document_prompt and (meta is None or meta.get("prompt") != document_prompt):
         session.note(
             f"model '{embedder.name}' has a document prompt; the saved embeddings should be "
             "made with: embed --prompt-name document"
@@ -742,11 +1065,11 @@ def matrix(
         else:
             scores = embedder.matrix(rows, columns, metric=metric)
     session.report_truncated(embedder, total)
-    with render.open_output(output, binary=fmt == "npy") as stream:
+    with render.open_output(output, binary=render.FORMATS[fmt].binary) as stream:
         if pairwise:
             render.write_pairs(stream, fmt, rows, columns, scores)
         else:
-            render.write_matrix(stream, fmt, rows, columns if columns is not None else rows, scores)
+            render.write_matrix(stream, fmt, rows, columns, scores)
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -788,7 +1111,17 @@ def serve(
         typer.Option(
             "--http",
             metavar="HOST:PORT",
-            help="Also serve OpenAI-compatible POST /v1/embeddings (host defaults to 127.0.0.1).",
+            help="Also serve the OpenAI embeddings API (host defaults to 127.0.0.1).",
+            show_default=False,
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="MODERNBERT_CLI_API_KEY",
+            show_envvar=True,
+            help="With --http: require 'Authorization: Bearer KEY'.",
             show_default=False,
         ),
     ] = None,
@@ -811,17 +1144,23 @@ def serve(
         _stop(session, settings.model)
         session.warn("'serve --stop' is deprecated: use 'serve stop -m MODEL'")
         return
-    _serve(session, settings, detach, idle_timeout, http)
+    _serve(session, settings, detach, idle_timeout, http, api_key)
 
 
 def _serve(
-    session: Session, settings: Settings, detach: bool, idle_timeout: float, http: str | None
+    session: Session,
+    settings: Settings,
+    detach: bool,
+    idle_timeout: float,
+    http: str | None,
+    api_key: str | None,
 ) -> None:
-    from modernbert_cli import client
+    from modernbert_cli import client, openai_api
     from modernbert_cli.embedder import Embedder
+    from modernbert_cli.model import ModelFiles
 
     _runtime_dir()
-    address = _http_address(http) if http else None
+    address = openai_api.parse_http_address(http) if http else None
     # The server computes what its clients lack: no cache, no server of its own.
     embedder = Embedder.from_settings(
         replace(settings, cache=False, server=False),
@@ -829,30 +1168,78 @@ def _serve(
         warn=session.warn,
         loading=session.loading,
     )
+    if ModelFiles.find(settings.model).directory is None:
+        embedder.load()  # a hub model not fetched yet: fetch it first, so the key names its files
     key = embedder.server_key()
-    path = client.socket_path(key)
-    if client.is_alive(path, key):
-        raise UsageError(f"a server for {settings.model} already runs on {path}")
-    if detach:
-        args = ["serve", *settings.argv(), "--idle-timeout", str(idle_timeout)]
-        args += ["--http", http] if http else []
-        try:
-            pid, log = client.start_detached(args, path, key)
-        except client.ServerError as error:
-            raise CliError(str(error)) from None
-        session.note(f"server of {settings.model} started (pid {pid}); log: {log}")
-        return
+    url = openai_api.http_url(address) if address else None
+    try:
+        lock = client.lock_server(key, {"model": embedder.name, "http": url})
+    except client.ServerRunning as error:
+        raise UsageError(
+            f"a server for {settings.model} already runs ({error.where}); 'serve stop' stops it"
+        ) from None
+    listener = None
+    try:
+        path = client.socket_path(key)
+        if client.is_alive(path, key):  # a server that holds no lock (an older version)
+            raise UsageError(f"a server for {settings.model} already runs on {path}")
+        listener = openai_api.bind_http(address) if address else None  # before the model load
+        warning = openai_api.exposure_warning(address, api_key) if address else None
+        if warning:
+            session.warn(warning)
+        if detach:
+            if listener is not None:
+                listener.close()  # the address is free: the server will listen on it itself
+                listener = None
+            args = ["serve", *settings.argv(), "--idle-timeout", str(idle_timeout)]
+            args += ["--http", http] if http else []
+            # The key travels in the environment, not in argv, where `ps` shows it.
+            env = {openai_api.API_KEY_ENV: api_key} if api_key else {}
+            try:
+                pid, log = client.start_detached(args, key, lock, env)
+            except client.ServerError as error:
+                raise CliError(str(error)) from None
+            session.note(f"server of {settings.model} started (pid {pid}); log: {log}")
+            return
+        _serve_here(session, embedder, key, idle_timeout * 60, listener, lock, api_key)
+    finally:
+        if listener is not None:
+            listener.close()
+        lock.close()
+
+
+def _serve_here(
+    session: Session,
+    embedder: Any,
+    key: str,
+    idle_seconds: float,
+    listener: Any,
+    lock: Any,
+    api_key: str | None,
+) -> None:
+    from modernbert_cli import client
+    from modernbert_cli.errors import ModelError
     from modernbert_cli.server import Backend
     from modernbert_cli.server import serve as serve_forever
 
     embedder.load()
-    backend = Backend(embedder.encoder, key, idle_timeout * 60)
+    if embedder.server_key() != key:  # the key names the files it serves: they must be these
+        raise ModelError(f"model '{embedder.settings.model}': its files changed while it loaded")
+    backend = Backend(
+        embedder.encoder,
+        key,
+        idle_seconds,
+        fingerprint=embedder.files_fingerprint(),
+        started_as=embedder.settings.model,
+    )
     try:
         serve_forever(
             backend,
-            path,
-            address,
+            client.socket_path(key),
+            listener,
             ready=lambda where: session.note(f"serving {embedder.name} on {where}"),
+            api_key=api_key,
+            lock=lock,
         )
     except OSError as error:
         raise UsageError(f"cannot serve: {error.strerror or error}") from None
@@ -906,34 +1293,20 @@ def _status(session: Session) -> None:
 
 
 def _stop(session: Session, model: str | None) -> None:
-    """Stop the servers of ``model`` (every server when None)."""
+    """Stop the servers of ``model`` (every server when None), paused ones too."""
     from modernbert_cli import client
     from modernbert_cli.model import canonical_name
 
     _runtime_dir()
     wanted = canonical_name(model) if model is not None else None
     servers, _ = client.running_servers()
-    chosen = [s for s in servers if wanted is None or s["model"] == wanted]
+    chosen = [s for s in servers if wanted is None or s.get("model") == wanted]
     if not chosen:
         raise UsageError(f"no server runs {model}" if model else "no server runs")
     for info in chosen:
-        path = Path(info["socket"])
-        connection = client.ServerClient(path)
-        try:
-            connection.request({"op": "stop"})
-        except client.ServerError:
-            continue  # it went away by itself meanwhile
-        finally:
-            connection.close()
-        client.wait_removed(path)  # stopped means gone: a new server may start at once
-        session.note(f"stopped the server of {info['model']} (pid {info['pid']})")
-
-
-def _http_address(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--http {value}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    return host or "127.0.0.1", int(port)
+        # Stopped means gone (socket and lock): a new server may start at once.
+        if client.stop_server(info["key"]) is not None:
+            session.note(f"stopped the server of {info['model']} (pid {info['pid']})")
 
 
 # --- cache -------------------------------------------------------------------------------
@@ -985,7 +1358,7 @@ def cache_clear(
         ),
     ] = None,
 ) -> None:
-    """Delete the cached embeddings (of every model, or of one)."""
+    """Delete the cached embeddings (of every model, or of one) and passages (all)."""
     _clear(Session.start(quiet=False), model)
 
 
@@ -1008,6 +1381,11 @@ def _clear(session: Session, model: str | None) -> None:
         session.note(f"deleted the damaged cache file {store.path} (every model's entries)")
     else:
         session.note(f"deleted {deleted:,} cached embedding(s) from {store.path}")
+    if model is None:
+        from modernbert_cli import split_cache
+
+        if split_cache.clear():  # passages are kept per tokenizer, not per model: all go
+            session.note(f"deleted the passage cache {split_cache.default_path()}")
 
 
 # --- running -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ server-backed run never pays for torch at all.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from itertools import islice
@@ -93,11 +93,23 @@ class Embedder:
             effective_dtype(self.settings.device, self.settings.dtype)
         )
 
+    def files_fingerprint(self) -> str:
+        """The model's files (path, sizes, times) and the settings that change its vectors."""
+        from modernbert_cli.cache import fingerprint
+
+        if self._files.directory is None:  # a hub model: it may have been fetched since
+            self._files = self._files.refreshed()
+        return fingerprint(self._files.directory, self.name, self.vector_settings())
+
     def server_key(self) -> str:
-        """Which warm server may answer for this Embedder: same model, same settings."""
+        """Which warm server may answer for this Embedder: same model, settings and files.
+
+        New weights under the same path make a new key: a server still running the old
+        ones is never asked (and its vectors never cached as the new model's).
+        """
         from modernbert_cli.client import server_key
 
-        return server_key(self.name, self.vector_settings())
+        return server_key(self.name, self.vector_settings(), self.files_fingerprint())
 
     @property
     def encoder(self) -> Encoder:
@@ -212,13 +224,15 @@ class Embedder:
 
         encode = self._options(**options)
         role = options.get("role")
+        # No dimensions: they would load the model, and the vectors themselves say.
         return {
             "model": self.name,
             "fingerprint": self.encoder.fingerprint(encode, role),
-            "dimensions": encode.truncate_dim or self.dimensions,
             "precision": encode.precision,
             "normalized": encode.normalize,
             "prompt": self.encoder.prompt_text(encode, role),
+            "prompt_name": encode.prompt_name,
+            "truncate_dim": encode.truncate_dim,
             "similarity": self.similarity_fn_name,
             **self.vector_settings(),
             "modernbert_cli": __version__,
@@ -254,6 +268,10 @@ class Embedder:
         self.encoder.check(options)
         return self.encoder.encode(_strings(texts), options, role=role)
 
+    def prompt_text(self, role: Role | None = None, **options: Any) -> str:
+        """The text put before each input by ``embed`` with these options ("" for none)."""
+        return self.encoder.prompt_text(self._options(**options), role)
+
     def check(self, **options: Any) -> None:
         """Refuse ``embed`` options that cannot work with this model, before any work."""
         self.encoder.check(self._options(**options))
@@ -266,14 +284,15 @@ class Embedder:
         top_k: int | None = 10,
         threshold: float | None = None,
         metric: str | None = None,
+        distinct: Callable[[Any], Hashable] | None = None,
     ) -> list[Hit]:
         """The corpus ranked by similarity to ``query``, best first (``top_k`` of them).
 
         Each hit has ``.rank``, ``.score``, ``.text``, ``.source`` and ``.index``.
         """
-        return self.similar_many([query], corpus, top_k=top_k, threshold=threshold, metric=metric)[
-            0
-        ]
+        return self.similar_many(
+            [query], corpus, top_k=top_k, threshold=threshold, metric=metric, distinct=distinct
+        )[0]
 
     def similar_many(
         self,
@@ -284,17 +303,23 @@ class Embedder:
         threshold: float | None = None,
         metric: str | None = None,
         corpus_embeddings: np.ndarray | None = None,
+        truncate_dim: int | None = None,
+        distinct: Callable[[Any], Hashable] | None = None,
     ) -> list[list[Hit]]:
         """For each query, the best corpus items; the corpus is embedded once, streamed.
 
         ``corpus`` may be any iterable of strings or :class:`~modernbert_cli.inputs.Text`
         (memory holds one chunk of it and the best ``top_k`` per query). With
         ``corpus_embeddings``, those rows are scored and ``corpus`` only labels them.
+        ``distinct`` keeps only the best of items with the same key, e.g. one passage
+        per file: ``distinct=lambda passage: passage.path``. ``truncate_dim`` cuts queries
+        and corpus to that many dimensions (Matryoshka models).
         """
         from modernbert_cli.scoring import TopK
 
-        query_vectors = self.embed(_strings(queries), role="query")
-        best = TopK(len(queries), metric or self.similarity_fn_name, k=top_k, threshold=threshold)
+        query_vectors = self.embed(_strings(queries), role="query", truncate_dim=truncate_dim)
+        metric = metric or self.similarity_fn_name
+        best = TopK(len(queries), metric, k=top_k, threshold=threshold, distinct=distinct)
         if corpus_embeddings is not None:
             made, makes = corpus_embeddings.shape[1], query_vectors.shape[1]
             if made != makes:
@@ -305,7 +330,8 @@ class Embedder:
             best.add(query_vectors, corpus_embeddings, list(corpus))
             return best.results()
         for chunk in chunks(corpus):
-            best.add(query_vectors, self.embed(_strings(chunk), role="document"), chunk)
+            vectors = self.embed(_strings(chunk), role="document", truncate_dim=truncate_dim)
+            best.add(query_vectors, vectors, chunk)
         return best.results()
 
     def matrix(

@@ -14,7 +14,7 @@ numpy arrays).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,15 +125,22 @@ class TopK:
     """The best ``k`` corpus rows per query, kept as the corpus streams past in chunks.
 
     Memory is queries × k whatever the corpus size. Ties keep corpus order, so
-    results are the same however the corpus was chunked.
+    results are the same however the corpus was chunked. With ``distinct``, rows whose
+    items give the same key (a passage's file) count once: only the best of them is kept.
     """
 
     def __init__(
-        self, queries: int, metric: str, k: int | None = 10, threshold: float | None = None
+        self,
+        queries: int,
+        metric: str,
+        k: int | None = 10,
+        threshold: float | None = None,
+        distinct: Callable[[Any], Hashable] | None = None,
     ) -> None:
         self.metric = metric
         self.k = k
         self.threshold = threshold
+        self.distinct = distinct
         self.seen = 0
         self._scores = [np.empty(0, dtype=np.float32) for _ in range(queries)]
         self._indices = [np.empty(0, dtype=np.int64) for _ in range(queries)]
@@ -147,11 +154,11 @@ class TopK:
             block = _as_float(queries[start : start + _ROW_CHUNK])
             scores = _scores(block, corpus64, self.metric).astype(np.float32)
             for row, chunk_scores in enumerate(scores, start):
-                self._merge(row, chunk_scores, offset)
+                self._merge(row, chunk_scores, offset, items)
         kept = {int(i) for indices in self._indices for i in indices}
         self._items = {i: self._items[i] if i < offset else items[i - offset] for i in kept}
 
-    def _merge(self, row: int, chunk_scores: np.ndarray, offset: int) -> None:
+    def _merge(self, row: int, chunk_scores: np.ndarray, offset: int, items: Sequence[Any]) -> None:
         indices = np.arange(offset, offset + len(chunk_scores))
         if self.threshold is not None:
             keep = chunk_scores >= self.threshold
@@ -159,9 +166,28 @@ class TopK:
         scores = np.concatenate([self._scores[row], chunk_scores])
         indices = np.concatenate([self._indices[row], indices])
         order = np.lexsort((indices, -scores))  # best score first, then corpus order
+        if self.distinct is not None:
+            order = self._first_of_each(order, indices, offset, items)
         if self.k is not None:
             order = order[: self.k]
         self._scores[row], self._indices[row] = scores[order], indices[order]
+
+    def _first_of_each(
+        self, order: np.ndarray, indices: np.ndarray, offset: int, items: Sequence[Any]
+    ) -> np.ndarray:
+        """``order`` with only the best row of each distinct key (up to ``k`` keys)."""
+        assert self.distinct is not None
+        seen: set[Hashable] = set()
+        kept = []
+        for position in order.tolist():
+            i = int(indices[position])
+            key = self.distinct(self._items[i] if i < offset else items[i - offset])
+            if key not in seen:
+                seen.add(key)
+                kept.append(position)
+                if self.k is not None and len(kept) == self.k:
+                    break
+        return np.asarray(kept, dtype=np.int64)
 
     def results(self) -> list[list[Hit]]:
         return [

@@ -1,58 +1,213 @@
 """``modernbert-cli serve``: a warm model behind a Unix socket (and, on request, HTTP).
 
 One process loads the model once and answers embedding requests from every
-command that runs with the same model and settings, so a one-off query pays
-for a socket round trip instead of importing torch and loading weights.
+command that runs with the same model, settings and model files, so a one-off
+query pays for a socket round trip instead of importing torch and loading weights.
 
 - The socket lives in the user's runtime folder (mode 0700) and is itself 0600.
-- Requests are served concurrently; the model runs one batch at a time (a lock).
+- Requests are bounded (texts per request, characters per text, bytes per body) and
+  cut into engine-sized jobs; one worker runs the model, taking one job of each
+  waiting request in turn, so a large request cannot starve a small one. The work
+  of a client that has gone is dropped at the next job.
 - A malformed, oversized or failing request gets an error reply; the server goes on.
-- After ``idle_timeout`` seconds without a request the server exits and removes its socket.
-- ``--http HOST:PORT`` adds an OpenAI-compatible ``POST /v1/embeddings``.
+  A client that hangs up early leaves no trace in the log.
+- After ``idle_timeout`` seconds without a request (and no work left) the server exits
+  and removes its socket.
+- ``--http HOST:PORT`` adds the OpenAI embeddings API (:mod:`modernbert_cli.openai_api`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import select
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modernbert_cli.client import MAX_MESSAGE_BYTES, pack_vectors, receive, send
+from modernbert_cli.client import (
+    MAX_INPUT_CHARS,
+    MAX_INPUTS,
+    MAX_MESSAGE_BYTES,
+    ServerLock,
+    pack_vectors,
+    receive,
+    send,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# An HTTP body over this is refused (413) unread; MAX_INPUTS texts of a few pages fit.
+MAX_HTTP_BODY_BYTES = 32 << 20
+# A model the engine cannot run goes through sentence-transformers' encode: texts per job.
+_ENCODE_JOB_TEXTS = 32
+# The server's own log lines (failed requests) per run; a log must not grow without end.
+_LOG_LINES = 200
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_inputs: int = MAX_INPUTS
+    max_input_chars: int = MAX_INPUT_CHARS
+    max_body_bytes: int = MAX_HTTP_BODY_BYTES
+
+
+class TooLarge(ValueError):
+    """A request over one of the :class:`Limits` (HTTP 413)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ClientGone(Exception):
+    """The client closed its connection: the rest of its work was dropped."""
+
+
+@dataclass
+class Embedded:
+    """One request's answer: float32 vectors, which texts were cut, tokens the model read."""
+
+    vectors: np.ndarray
+    truncated: np.ndarray
+    tokens: int
+
+
+_log_lines = itertools.count()
+
+
+def log(message: str) -> None:
+    """One line in the server's log (its stderr), up to ``_LOG_LINES`` per run."""
+    number = next(_log_lines)
+    if number < _LOG_LINES:
+        print(f"modernbert-cli serve: {message}", file=sys.stderr, flush=True)
+    elif number == _LOG_LINES:
+        print("modernbert-cli serve: further messages are not logged", file=sys.stderr, flush=True)
+
+
+# --- the model, shared fairly ----------------------------------------------------------------
+
+
+class _Job:
+    def __init__(self, steps: Generator[None, None, Any], gone: Callable[[], bool]) -> None:
+        self.steps = steps
+        self.gone = gone
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class FairQueue:
+    """One worker runs every request's work, one engine-sized job of each request in turn.
+
+    The model runs one batch at a time either way; taking turns means a request of a
+    few texts waits for one batch of each other request, not for all of their work.
+    A request's work is a generator that yields after each job; before each job the
+    worker asks ``gone()`` and drops the work of a client that has hung up.
+    """
+
+    def __init__(self) -> None:
+        self._ready: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self.active = 0  # requests with work queued or running
+
+    def run(self, steps: Generator[None, None, Any], gone: Callable[[], bool]) -> Any:
+        """Queue ``steps``, wait until they are done, and return their result."""
+        job = _Job(steps, gone)
+        with self._cond:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, daemon=True, name="model")
+                self._worker.start()
+            self._ready.append(job)
+            self.active += 1
+            self._cond.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ready:
+                    self._cond.wait()
+                job = self._ready.popleft()
+            try:
+                if job.gone():
+                    job.steps.close()
+                    raise ClientGone()
+                next(job.steps)
+            except StopIteration as finished:
+                job.result = finished.value
+            except BaseException as error:  # the request's failure, not the worker's
+                job.error = error
+            else:
+                with self._cond:
+                    self._ready.append(job)  # to the back: the others go first
+                continue
+            with self._cond:
+                self.active -= 1
+            job.done.set()
 
 
 class Backend:
-    """The model side of the server: an Encoder, one batch at a time."""
+    """The model side of the server: an Encoder, its names, limits and fair queue."""
 
-    def __init__(self, encoder: Any, key: str, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        key: str,
+        idle_timeout: float,
+        *,
+        fingerprint: str | None = None,
+        started_as: str | None = None,
+        limits: Limits = Limits(),
+    ) -> None:
         self.encoder = encoder
         self.key = key
+        self.fingerprint = fingerprint
         self.idle_timeout = idle_timeout
+        self.limits = limits
+        self.names = model_names(encoder.name, started_as)
+        self.http: str | None = None
         self.started = time.time()
         self.last_request = time.monotonic()
         self.requests = 0
-        self._lock = threading.Lock()
+        self.queue = FairQueue()
+
+    @property
+    def busy(self) -> bool:
+        return self.queue.active > 0
 
     def info(self) -> dict[str, Any]:
         return {
             "ok": True,
             "key": self.key,
             "model": self.encoder.name,
+            "fingerprint": self.fingerprint,
             "pid": os.getpid(),
             "started": self.started,
             "requests": self.requests,
             "idle_timeout": self.idle_timeout,
+            "http": self.http,
         }
 
-    def embed(self, texts: Any, prompt: Any, task: Any) -> tuple[Any, Any]:
+    def check(self, texts: Any, prompt: Any, task: Any) -> None:
+        """Refuse a request of the socket protocol that is malformed or over a limit."""
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise ValueError("'texts' must be a list of strings")
         if not texts:
@@ -61,48 +216,207 @@ class Backend:
             raise ValueError("'prompt' must be a string or null")
         if task not in (None, "query", "document"):
             raise ValueError("'task' must be null, 'query' or 'document'")
-        with self._lock:
-            return self.encoder.compute_prompted(texts, prompt or "", task)
+        self.check_texts(texts, "texts")
+
+    def check_texts(self, texts: list[str], param: str) -> None:
+        """Refuse texts over the limits (TooLarge) or not valid Unicode (ValueError)."""
+        limits = self.limits
+        if len(texts) > limits.max_inputs:
+            raise TooLarge(
+                f"{len(texts):,} inputs in one request; this server takes at most "
+                f"{limits.max_inputs:,}: send them in several requests",
+                param,
+            )
+        for index, text in enumerate(texts):
+            if len(text) > limits.max_input_chars:
+                raise TooLarge(
+                    f"input {index} has {len(text):,} characters; this server takes at most "
+                    f"{limits.max_input_chars:,} per input",
+                    param,
+                )
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:  # a lone surrogate, e.g. from "\ud800"
+                    raise ValueError(
+                        f"input {index} is not valid Unicode text: it holds a lone surrogate "
+                        f"(U+{ord(text[error.start]):04X})"
+                    ) from None
+
+    def embed(
+        self,
+        texts: list[str],
+        prompt: str | None = None,
+        task: str | None = None,
+        gone: Callable[[], bool] = lambda: False,
+    ) -> Embedded:
+        """Vectors for ``texts``, computed in turn with other requests' (see FairQueue)."""
+        self.check(texts, prompt, task)
+        return self.queue.run(self._steps(texts, prompt or "", task), gone)
+
+    @property
+    def dimensions(self) -> int:
+        """Length of the model's vectors."""
+        model = self.encoder.model
+        get = getattr(model, "get_embedding_dimension", None)  # sentence-transformers >= 6
+        return int(get() if get else model.get_sentence_embedding_dimension())
+
+    def _steps(
+        self, texts: list[str], prompt: str, task: str | None
+    ) -> Generator[None, None, Embedded]:
+        """The work of one request, a yield after each engine-sized job."""
+        import numpy as np
+
+        from modernbert_cli.engine import TokenCounts
+
+        engine = self.encoder.engine
+        if engine is None:
+            return (yield from self._steps_without_engine(texts, prompt, task))
+        counts = engine.token_counts(texts, prompt)
+        yield
+        out = None
+        # The engine's own plan: the same batches as one call for all of them would run.
+        for batch in engine.plan(counts.tokens):
+            part = TokenCounts(counts.tokens[batch.indices], counts.needed[batch.indices])
+            vectors = engine.encode(
+                [texts[i] for i in batch.indices],
+                prompt=prompt or None,
+                task=task,
+                counts=part,
+            )
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[batch.indices] = vectors
+            yield
+        limit = engine.max_seq_length
+        tokens = int(np.minimum(counts.tokens, limit).sum())
+        return Embedded(out, counts.tokens > limit, tokens)
+
+    def _steps_without_engine(
+        self, texts: list[str], prompt: str, task: str | None
+    ) -> Generator[None, None, Embedded]:
+        import numpy as np
+
+        from modernbert_cli.engine import token_counts
+
+        vectors, truncated = [], []
+        for start in range(0, len(texts), _ENCODE_JOB_TEXTS):
+            part = texts[start : start + _ENCODE_JOB_TEXTS]
+            got, cut = self.encoder.compute_prompted(part, prompt, task)
+            vectors.append(got)
+            truncated.append(cut)
+            yield
+        model = self.encoder.model
+        limit = int(getattr(model, "max_seq_length", 0) or 0)
+        tokenizer = getattr(model, "tokenizer", None)
+        tokens = 0
+        if callable(tokenizer):
+            counted = token_counts(tokenizer, texts, prompt, limit or None).tokens
+            tokens = int((np.minimum(counted, limit) if limit else counted).sum())
+        return Embedded(np.concatenate(vectors), np.concatenate(truncated), tokens)
 
     def touch(self) -> None:
         self.last_request = time.monotonic()
         self.requests += 1
 
 
-def handle(backend: Backend, message: dict[str, Any], stop: Callable[[], None]) -> dict[str, Any]:
-    """One request to one reply; every failure is an error reply, never a crash."""
+def model_names(canonical: str, started_as: str | None = None) -> set[str]:
+    """The names a client may ask for the served model by: its own, and its aliases."""
+    from modernbert_cli.model import ALIASES, canonical_name
+
+    names = {canonical} | ({started_as} if started_as else set())
+    for alias, target in ALIASES.items():
+        if canonical in (alias, target, canonical_name(alias)):
+            names |= {alias, target}
+    return names
+
+
+def peer_gone(sock: socket.socket) -> bool:
+    """Whether the other end closed ``sock`` (without reading what it may have sent)."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(0):
+                return False
+        elif not select.select([sock], [], [], 0)[0]:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError, TimeoutError):
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+def handle(
+    backend: Backend,
+    message: dict[str, Any],
+    stop: Callable[[], None],
+    gone: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
+    """One request to one reply; every failure is an error reply, never a crash.
+
+    ``gone``: whether the client has hung up (its remaining work is then dropped).
+    """
     backend.touch()
     op = message.get("op")
     try:
         if op == "info":
             return backend.info()
         if op == "embed":
-            vectors, truncated = backend.embed(
-                message.get("texts"), message.get("prompt"), message.get("task")
+            done = backend.embed(
+                message.get("texts"),
+                message.get("prompt"),
+                message.get("task"),
+                gone,
             )
-            return {"ok": True, **pack_vectors(vectors), "truncated": truncated.tolist()}
+            return {"ok": True, **pack_vectors(done.vectors), "truncated": done.truncated.tolist()}
         if op == "stop":
             stop()
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
+    except (ValueError, ClientGone) as error:
+        return {"ok": False, "error": str(error)}
     except Exception as error:  # a bad request must not take the server down
+        log(f"a request failed: {type(error).__name__}: {error}")
         return {"ok": False, "error": f"{type(error).__name__}: {error}"}
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _QuietErrors:
+    """A client that hangs up early is no error of the server's: nothing in the log."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            log(f"connection failed: {type(error).__name__}: {error}")
+
+
+class _UnixServer(_QuietErrors, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     # A full backlog refuses a Unix-socket connect at once (EAGAIN), and that client
     # would load the model itself: leave room for many commands starting together.
     request_queue_size = 128
 
 
+_socket_names = itertools.count()
+
+
 def serve(
     backend: Backend,
     path: Path,
-    http: tuple[str, int] | None = None,
+    http: tuple[str, int] | socket.socket | None = None,
     ready: Callable[[str], None] | None = None,
+    *,
+    api_key: str | None = None,
+    lock: ServerLock | None = None,
 ) -> None:
-    """Serve until stopped, idle too long, or interrupted; the socket is removed after."""
+    """Serve until stopped, idle too long, or interrupted; the socket (and lock) go after.
+
+    ``http``: an address to listen on, or a socket :func:`bind_http` made already.
+    """
+    from modernbert_cli import openai_api
+
+    listener = openai_api.bind_http(http) if isinstance(http, tuple) else http
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -118,19 +432,25 @@ def serve(
                     return
                 if message is None:
                     return
-                reply = handle(backend, message, stop)
+                reply = handle(backend, message, stop, lambda: peer_gone(sock))
                 try:
                     send(sock, reply)
                 except OSError:
                     return
 
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a stale socket of a dead server
+    # Listen under a temporary name, then rename: a client never finds the socket file
+    # of a server that does not listen yet (and takes it for a dead one's).
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{next(_socket_names)}")
     old_mask = os.umask(0o177)  # the socket is created 0600
     try:
-        server = _UnixServer(str(path), Handler)
+        server = _UnixServer(str(temporary), Handler)
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
     finally:
         os.umask(old_mask)
+    os.replace(temporary, path)  # over a stale socket of a dead server
     made = path.stat()
 
     def remove_socket() -> None:
@@ -140,12 +460,10 @@ def serve(
             if (now.st_ino, now.st_ctime_ns) == (made.st_ino, made.st_ctime_ns):
                 path.unlink()
 
-    try:
-        web = _http_server(backend, http, lambda: stop()) if http else None
-    except BaseException:  # e.g. the port is taken: leave no socket behind
-        server.server_close()
-        remove_socket()
-        raise
+    web = None
+    if listener is not None:
+        web = openai_api.make_server(backend, listener, api_key)
+        backend.http = openai_api.http_url(listener.getsockname())
     stopping = threading.Event()
 
     def stop() -> None:
@@ -157,19 +475,19 @@ def serve(
 
     def watch_idle() -> None:
         while not stopping.wait(1.0):
-            if time.monotonic() - backend.last_request > backend.idle_timeout:
+            idle = time.monotonic() - backend.last_request > backend.idle_timeout
+            if idle and not backend.busy:
                 stop()
 
     threading.Thread(target=watch_idle, daemon=True, name="idle-timeout").start()
-    # `kill PID` stops the server as --stop does, so its socket is removed.
+    # `kill PID` stops the server as `serve stop` does, so its socket is removed.
     on_main_thread = threading.current_thread() is threading.main_thread()
     if on_main_thread:
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop())
     if web is not None:
         threading.Thread(target=web.serve_forever, daemon=True, name="http").start()
     if ready is not None:
-        where = str(path) + (f" and http://{http[0]}:{http[1]}/v1/embeddings" if http else "")
-        ready(where)
+        ready(str(path) + (f" and {backend.http}/v1" if backend.http else ""))
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
@@ -179,70 +497,5 @@ def serve(
         if web is not None:
             web.server_close()
         remove_socket()
-
-
-def _http_server(backend: Backend, address: tuple[str, int], stop: Callable[[], None]) -> Any:
-    """OpenAI-compatible embeddings: ``POST /v1/embeddings {"input": ..., "model": ...}``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # no access log on stderr
-            pass
-
-        def _reply(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, status: int, message: str) -> None:
-            self._reply(status, {"error": {"message": message, "type": "invalid_request_error"}})
-
-        def do_GET(self) -> None:
-            if self.path.rstrip("/") == "/v1/models":
-                model = {"id": backend.encoder.name, "object": "model", "owned_by": "local"}
-                self._reply(200, {"object": "list", "data": [model]})
-            else:
-                self._error(404, f"no route {self.path}")
-
-        def do_POST(self) -> None:
-            if self.path.rstrip("/") != "/v1/embeddings":
-                self._error(404, f"no route {self.path}")
-                return
-            declared = self.headers.get("Content-Length") or "0"
-            if not (declared.isascii() and declared.isdigit()):
-                self._error(400, f"bad request: Content-Length {declared!r}")
-                return
-            length = int(declared)
-            if length > MAX_MESSAGE_BYTES:
-                self._error(413, "request too large")
-                return
-            try:
-                body = json.loads(self.rfile.read(length) or b"null")
-                texts = body["input"] if isinstance(body, dict) else None
-                if isinstance(texts, str):
-                    texts = [texts]
-                backend.touch()
-                vectors, _ = backend.embed(texts, None, None)
-            except (KeyError, TypeError, ValueError) as error:
-                self._error(400, f"bad request: {error}")
-                return
-            except Exception as error:
-                self._error(500, f"{type(error).__name__}: {error}")
-                return
-            tokens = sum(len(t.split()) for t in texts)
-            self._reply(
-                200,
-                {
-                    "object": "list",
-                    "model": backend.encoder.name,
-                    "data": [
-                        {"object": "embedding", "index": i, "embedding": v.tolist()}
-                        for i, v in enumerate(vectors)
-                    ],
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                },
-            )
-
-    return ThreadingHTTPServer(address, Handler)
+        if lock is not None:
+            lock.release()

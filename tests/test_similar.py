@@ -364,9 +364,19 @@ def test_saved_jsonl_of_another_model_is_a_usage_error_naming_it(cli, tiny_model
     assert_error(result, ExitStatus.USAGE, "'minilm'", "-m minilm")
 
 
-def test_saved_npy_of_another_dimension_is_a_usage_error(cli, tiny_model, tmp_path):
+def test_saved_npy_of_another_model_is_a_usage_error_naming_it(cli, tiny_model, tmp_path):
+    """The array's description (c.npy.json) names the model that made it."""
     saved = tmp_path / "c.npy"
     assert cli("embed", "-m", tiny_model, "-i", str(HAYDEN), "-q", "-o", str(saved)).code == 0
+
+    result = cli("similar", "-m", "minilm", QUERY, "--embeddings", str(saved), "-i", str(HAYDEN))
+
+    assert_error(result, ExitStatus.USAGE, f"'{tiny_model}'", "'minilm'")
+
+
+def test_saved_npy_of_another_dimension_is_a_usage_error(cli, tmp_path):
+    saved = tmp_path / "c.npy"
+    np.save(saved, np.ones((4, 32), dtype=np.float32))  # an old file: no description
 
     result = cli("similar", "-m", "minilm", QUERY, "--embeddings", str(saved), "-i", str(HAYDEN))
 
@@ -582,3 +592,18 @@ def test_query_prompts_are_used_for_every_query_of_a_file(cli, prompted_model, t
     for hit in records(result.stdout):
         i, j = queries.index(hit["query"]), corpus.index(hit["text"])
         assert_allclose(hit["score"], expected[i, j].item(), atol=1e-5)
+
+
+def test_table_cuts_a_long_source_in_the_middle_keeping_the_file_name(cli, tiny_model, tmp_path):
+    folder = tmp_path / "a-folder-with-a-rather-long-name" / "and-another-one-below-it"
+    folder.mkdir(parents=True)
+    corpus = folder / "volcanoes.txt"
+    corpus.write_text("lava flows downhill\nbees make honey\n")
+
+    result = cli("similar", "-m", tiny_model, "lava", "-i", str(corpus), "-f", "table")
+
+    assert result.code == ExitStatus.OK
+    rows = [line for line in result.stdout.splitlines() if "lava flows" in line]
+    assert len(rows) == 1
+    assert re.search(r"│ /\S*…/volcanoes\.txt:1 +│$", rows[0]), rows[0]
+    assert all(len(line) <= 100 for line in result.stdout.splitlines())
