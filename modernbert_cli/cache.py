@@ -3,8 +3,10 @@
 Keys are a *fingerprint* of everything that changes a vector (the model's files
 and their sizes and times, ``max_seq_length``, the prompt, the precision the
 model runs in) and a hash of the text. Values are the model's float32 output,
-stored exactly, so cached numbers equal freshly computed ones bit for bit; each
-row carries a CRC of its key and bytes, and a row that fails it is never returned.
+stored exactly: a cached vector is, bit for bit, the one computed when its text was
+first embedded (a fresh one may differ in the last bits, ~1e-7, as the model's output
+depends slightly on the other texts in its batch). Each row carries a CRC of its key
+and bytes, and a row that fails it is never returned.
 
 Several processes may use the file at once (WAL journal, short transactions, a
 busy timeout). A cache that cannot be opened or read, or that turns out corrupt,
@@ -115,24 +117,43 @@ def fingerprint(model_dir: Path | None, name: str, settings: dict[str, Any]) -> 
     """
     import hashlib
 
-    files: list[tuple[str, int, int]] = []
-    if model_dir is not None:
-        for path in sorted(model_dir.rglob("*")):
-            if path.is_file() and not any(part.startswith(".") for part in path.parts[-2:]):
-                stat = path.stat()  # follows the hub cache's links to its blobs
-                files.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
     payload = {
         "model": str(model_dir.resolve()) if model_dir else name,
-        "files": files,
+        "files": _model_files(model_dir) if model_dir is not None else [],
         **settings,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def files_digest(model_dir: Path) -> str:
+    """A short digest of the model's files as the fingerprint sees them (path, size, mtime):
+    when it changes, every fingerprint made from the old files can never match again."""
+    import hashlib
+
+    listing = json.dumps(_model_files(model_dir)).encode()
+    return hashlib.blake2b(listing, digest_size=8).hexdigest()
+
+
+def _model_files(model_dir: Path) -> list[tuple[str, int, int]]:
+    files = []
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file() and not any(part.startswith(".") for part in path.parts[-2:]):
+            stat = path.stat()  # follows the hub cache's links to its blobs
+            files.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
+    return files
 
 
 @dataclass(frozen=True)
 class Cached:
     vector: np.ndarray
     truncated: bool
+
+
+# Whether the model files a fingerprint was made from are still there, as they were.
+CURRENT = "current"  # the same files: the entries can be used
+CHANGED = "changed"  # other files in the folder now (a reinstall, new weights): never used
+GONE = "gone"  # the folder is gone: never used
+UNKNOWN = "unknown"  # made by 1.0, which did not record the folder
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,13 @@ class ModelStats:
     hits: int
     misses: int
     last_used: int
+    folder: str | None = None  # the model's files, when they were cached
+    files: str = UNKNOWN  # CURRENT, CHANGED, GONE or UNKNOWN
+
+    @property
+    def stale(self) -> bool:
+        """Its model files are gone or changed: its entries can never be used again."""
+        return self.files in (CHANGED, GONE)
 
 
 class EmbeddingCache:
@@ -273,8 +301,13 @@ class EmbeddingCache:
         fingerprint: str,
         name: str,
         items: Iterable[tuple[bytes, np.ndarray, bool]],
+        folder: Path | None = None,
     ) -> None:
-        """Add (key, float32 vector, truncated) rows, in short transactions."""
+        """Add (key, float32 vector, truncated) rows, in short transactions.
+
+        ``folder`` is where the model's files are, for ``cache`` to say whether they
+        still are (the fingerprint is a hash: it cannot say).
+        """
         import numpy
 
         db = self._connect()
@@ -296,7 +329,7 @@ class EmbeddingCache:
 
                 def write(batch: list[tuple[bytes, np.ndarray, bool]] = batch) -> None:
                     with _transaction(db):
-                        model = self._model_id(db, fingerprint, name, create=True)
+                        model = self._model_id(db, fingerprint, name, folder, create=True)
                         rows = []
                         for key, vector, truncated in batch:
                             blob = numpy.ascontiguousarray(vector, dtype="<f4").tobytes()
@@ -316,29 +349,40 @@ class EmbeddingCache:
 
     @staticmethod
     def _model_id(
-        db: sqlite3.Connection, fingerprint: str, name: str = "", create: bool = False
+        db: sqlite3.Connection,
+        fingerprint: str,
+        name: str = "",
+        folder: Path | None = None,
+        create: bool = False,
     ) -> int | None:
         row = db.execute("SELECT id FROM models WHERE fingerprint = ?", (fingerprint,)).fetchone()
         if row is not None or not create:
             return row and row[0]
         cursor = db.execute(
-            "INSERT INTO models (fingerprint, name, last_used) VALUES (?, ?, ?)",
-            (fingerprint, name, int(time.time())),
+            "INSERT INTO models (fingerprint, name, last_used, folder, files) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (fingerprint, name, int(time.time()), *_where(folder)),
         )
         return cursor.lastrowid
 
-    def record(self, fingerprint: str, name: str, hits: int, misses: int) -> None:
+    def record(
+        self, fingerprint: str, name: str, hits: int, misses: int, folder: Path | None = None
+    ) -> None:
         """Count this run's hits and misses for ``modernbert-cli cache``."""
         db = self._connect()
         if db is None:
             return
         try:
+            # The folder and files a fingerprint was made from never change; a row of 1.0
+            # (none recorded) gets them now, as they are what this fingerprint matched.
             db.execute(
-                "INSERT INTO models (fingerprint, name, hits, misses, last_used) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
+                "INSERT INTO models (fingerprint, name, hits, misses, last_used, folder, files) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
                 "hits = hits + excluded.hits, misses = misses + excluded.misses, "
-                "name = excluded.name, last_used = excluded.last_used",
-                (fingerprint, name, hits, misses, int(time.time())),
+                "name = excluded.name, last_used = excluded.last_used, "
+                "folder = coalesce(folder, excluded.folder), "
+                "files = coalesce(files, excluded.files)",
+                (fingerprint, name, hits, misses, int(time.time()), *_where(folder)),
             )
         except sqlite3.Error as error:
             self._fail(error)
@@ -378,6 +422,7 @@ class EmbeddingCache:
     # -- for `modernbert-cli cache` --------------------------------------------------------
 
     def stats(self) -> list[ModelStats]:
+        """One row per fingerprint, the most recently used first; reads the model folders."""
         db = self._connect()
         if db is None:
             return []
@@ -385,19 +430,27 @@ class EmbeddingCache:
             rows = db.execute(
                 "SELECT m.name, m.fingerprint, "
                 "(SELECT count(*) FROM embeddings e WHERE e.model = m.id), "
-                "m.hits, m.misses, m.last_used FROM models m ORDER BY m.last_used DESC"
+                "m.hits, m.misses, m.last_used, m.folder, m.files "
+                "FROM models m ORDER BY m.last_used DESC, m.id DESC"
             ).fetchall()
         except sqlite3.Error as error:
             self._fail(error)
             return []
-        return [ModelStats(*row) for row in rows]
+        digests: dict[str, str | None] = {}  # one look per folder
+        stats = []
+        for *row, folder, files in rows:
+            if folder is not None and folder not in digests:
+                digests[folder] = _digest_of(Path(folder))
+            stats.append(ModelStats(*row, folder, _state(files, digests.get(folder))))
+        return stats
 
     def size_bytes(self) -> int:
         files = [self.path, Path(f"{self.path}-wal")]
         return sum(f.stat().st_size for f in files if f.exists())
 
-    def clear(self, name: str | None = None) -> int | None:
-        """Delete every row (or one model's); returns how many went.
+    def clear(self, name: str | None = None, stale: bool = False) -> int | None:
+        """Delete every row (or one model's, or with ``stale`` only those of fingerprints
+        whose model files are gone or changed); returns how many went.
 
         A file that SQLite finds damaged (corrupt, or no database at all) is deleted
         whole, with its -wal and -shm files, so every model's entries go: then the
@@ -411,17 +464,22 @@ class EmbeddingCache:
             db = self._connect()
             if db is None:
                 return self._remove_damaged(self.error)
+            doomed = None  # every fingerprint (of the model)
+            if stale:
+                doomed = [row.fingerprint for row in self.stats() if row.stale]
+                if self.disabled:  # stats failed on a damaged file
+                    return self._remove_damaged(self.error)
             with _transaction(db):
-                if name is None:
+                if name is None and doomed is None:
                     deleted = db.execute("DELETE FROM embeddings").rowcount
                     db.execute("DELETE FROM models")
                 else:
+                    where, args = _which(name, doomed)
                     deleted = db.execute(
-                        "DELETE FROM embeddings WHERE model IN "
-                        "(SELECT id FROM models WHERE name = ?)",
-                        (name,),
+                        f"DELETE FROM embeddings WHERE model IN (SELECT id FROM models {where})",
+                        args,
                     ).rowcount
-                    db.execute("DELETE FROM models WHERE name = ?", (name,))
+                    db.execute(f"DELETE FROM models {where}", args)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
             db.execute("VACUUM")
@@ -504,6 +562,40 @@ def _retry_busy(step: Callable[[], Any], attempts: int = 10) -> Any:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _where(folder: Path | None) -> tuple[str | None, str | None]:
+    """The folder and files digest to record for a fingerprint (none without a folder)."""
+    if folder is None:
+        return None, None
+    return str(folder), _digest_of(folder)
+
+
+def _digest_of(folder: Path) -> str | None:
+    try:
+        return files_digest(folder) if folder.is_dir() else None
+    except OSError:  # unreadable now: as good as gone
+        return None
+
+
+def _state(recorded: str | None, now: str | None) -> str:
+    if recorded is None:
+        return UNKNOWN
+    if now is None:
+        return GONE
+    return CURRENT if now == recorded else CHANGED
+
+
+def _which(name: str | None, fingerprints: list[str] | None) -> tuple[str, list[Any]]:
+    """A WHERE clause on models by name and/or a list of fingerprints, and its values."""
+    clauses, args = [], []
+    if name is not None:
+        clauses.append("name = ?")
+        args.append(name)
+    if fingerprints is not None:
+        clauses.append(f"fingerprint IN ({','.join('?' * len(fingerprints))})")
+        args.extend(fingerprints)
+    return "WHERE " + " AND ".join(clauses), args
 
 
 def _damaged(error: BaseException | None) -> bool:

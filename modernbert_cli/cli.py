@@ -1313,7 +1313,7 @@ def _stop(session: Session, model: str | None) -> None:
 
 cache_app = typer.Typer(
     help="Show the embedding cache (where, how big, hits per model), or clear it.",
-    epilog=_examples("cache", "cache clear", "cache clear --model minilm"),
+    epilog=_examples("cache", "cache clear", "cache clear --model minilm", "cache clear --stale"),
     invoke_without_command=True,
     **_TYPER,
 )
@@ -1357,9 +1357,16 @@ def cache_clear(
             show_default=False,
         ),
     ] = None,
+    stale: Annotated[
+        bool,
+        typer.Option(
+            "--stale",
+            help="Only entries whose model files are gone or changed (never used again).",
+        ),
+    ] = False,
 ) -> None:
     """Delete the cached embeddings (of every model, or of one) and passages (all)."""
-    _clear(Session.start(quiet=False), model)
+    _clear(Session.start(quiet=False), model, stale)
 
 
 def _cache_info(session: Session) -> None:
@@ -1371,17 +1378,18 @@ def _cache_info(session: Session) -> None:
     render.write_cache_stats(sys.stdout, store.path, store.size_bytes(), models)
 
 
-def _clear(session: Session, model: str | None) -> None:
+def _clear(session: Session, model: str | None, stale: bool = False) -> None:
     from modernbert_cli.cache import EmbeddingCache, default_path
     from modernbert_cli.model import canonical_name
 
     store = EmbeddingCache(default_path(), warn=session.warn)
-    deleted = store.clear(canonical_name(model) if model else None)
+    deleted = store.clear(canonical_name(model) if model else None, stale=stale)
     if deleted is None:  # the file was damaged: it went whole
         session.note(f"deleted the damaged cache file {store.path} (every model's entries)")
     else:
-        session.note(f"deleted {deleted:,} cached embedding(s) from {store.path}")
-    if model is None:
+        whose = " whose model files are gone or changed" if stale else ""
+        session.note(f"deleted {deleted:,} cached embedding(s){whose} from {store.path}")
+    if model is None and not stale:
         from modernbert_cli import split_cache
 
         if split_cache.clear():  # passages are kept per tokenizer, not per model: all go

@@ -25,6 +25,8 @@ from modernbert_cli.engine import Engine, EngineOptions, ProgressFn, token_count
 from modernbert_cli.errors import SettingError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from modernbert_cli.cache import EmbeddingCache
     from modernbert_cli.client import ServerClient
     from modernbert_cli.model import ModelFiles
@@ -149,7 +151,7 @@ class Encoder:
         """Record this run's cache hits and misses (for ``modernbert-cli cache``)."""
         if self.cache is not None:
             for fingerprint, (hits, misses) in self._counts.items():
-                self.cache.record(fingerprint, self.name, hits, misses)
+                self.cache.record(fingerprint, self.name, hits, misses, self._folder())
             self.cache.close()
         if self.server is not None:
             self.server.close()
@@ -205,7 +207,8 @@ class Encoder:
         if missing:
             vectors, cut = self._compute([texts[i] for i in missing], options, role)
             fresh = {keys[i]: (vectors[j], bool(cut[j])) for j, i in enumerate(missing)}
-            self.cache.store(fingerprint, self.name, [(k, v, c) for k, (v, c) in fresh.items()])
+            items = [(k, v, c) for k, (v, c) in fresh.items()]
+            self.cache.store(fingerprint, self.name, items, self._folder())
         else:
             fresh = {}
         if self.progress is not None and len(missing) < len(texts):
@@ -248,6 +251,10 @@ class Encoder:
             texts, prompt=prompt or None, task=role, counts=counts, progress=self.progress
         )
         return vectors, truncated
+
+    def _folder(self) -> Path | None:
+        """Where the model's files are (recorded with its cache entries)."""
+        return self.files.directory if self.files is not None else None
 
     def fingerprint(self, options: EncodeOptions, role: Role | None) -> str:
         """The cache key of the model as it runs now, with this prompt (and task)."""

