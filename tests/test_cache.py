@@ -298,6 +298,20 @@ def test_cached_numbers_equal_fresh_ones(embed, st_minilm, monkeypatch):
     assert np.abs(vectors(fresh[("--precision", "int8")].stdout) - int8).max() <= 1
 
 
+def test_a_cached_vector_is_the_one_first_computed_and_close_to_a_fresh_one(embed, monkeypatch):
+    """What the README says, and no more: bit for bit the vector of the first run (whose
+    batch held a long text); a fresh run in another batch is within 1e-6, not equal."""
+    first = vectors(embed(*TEXTS, LONG_TEXT, model_name="minilm").stdout)[: len(TEXTS)]
+    fresh = vectors(embed("--no-cache", *TEXTS, model_name="minilm").stdout)
+    forbid_model_loading(monkeypatch)
+    cached = vectors(embed(*TEXTS, model_name="minilm").stdout)
+    assert_array_equal(cached, first)
+    assert_allclose(cached, fresh, atol=1e-6, rtol=0)
+    readme = (ROOT / "README.md").read_text()
+    assert "cached numbers equal fresh ones bit for bit" not in readme
+    assert "the one computed when its text was first embedded" in readme
+
+
 def test_no_cache_creates_no_file_and_loads_the_model(embed, loads, engine_calls):
     embed("--no-cache", *TEXTS)
     embed("--no-cache", *TEXTS)

@@ -122,6 +122,39 @@ def test_table_when_piped_has_no_escape_codes_and_notes_go_to_stderr(
     assert_no_crash(stderr)
 
 
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log-file"])
+def test_notes_go_to_stderr_terminal_or_not_and_the_spinner_only_to_a_terminal(
+    terminal: bool,
+) -> None:
+    """One rule, the README's: notes (truncation counts) reach a log file too; the
+    spinner and progress bars, which only make sense on a screen, do not; -q silences
+    notes, never warnings."""
+    import io
+    from contextlib import nullcontext
+
+    from rich.console import Console
+
+    from modernbert_cli.cli import Session
+
+    stderr = io.StringIO()
+    session = Session(False, Console(file=stderr, force_terminal=terminal, width=100), None)
+    session.note("3 of 5 text(s) were longer than 128 tokens")
+    shown = SGR.sub("", stderr.getvalue())
+    assert shown == "modernbert-cli: 3 of 5 text(s) were longer than 128 tokens\n"
+    assert isinstance(session.loading("minilm"), nullcontext) is not terminal
+
+    quiet = Session(True, Console(file=io.StringIO(), force_terminal=terminal), None)
+    quiet.note("a note")
+    quiet.warn("warning: a warning")
+    assert SGR.sub("", quiet.stderr.file.getvalue()) == "modernbert-cli: warning: a warning\n"
+    assert isinstance(quiet.loading("minilm"), nullcontext)
+
+    readme = (ROOT / "README.md").read_text()
+    assert "only when it is a terminal; `-q` leaves errors only" not in readme
+    assert "whether or not it is a terminal" in readme  # notes
+    assert "progress bars only when stderr is a\nterminal" in readme
+
+
 def test_jsonl_on_stdout_and_nothing_on_stderr_with_quiet(tmp_path: Path, tiny_model: str) -> None:
     """No library chatter (warnings, load reports, progress bars) reaches either stream."""
     texts = ["a cat", "a dog", LONG_TEXT]
