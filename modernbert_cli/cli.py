@@ -503,12 +503,25 @@ class Session:
                 embedder.progress = None
                 self._live = False
 
-    def report_truncated(self, embedder: Embedder, total: int) -> None:
-        if embedder.truncated:
+    def report_truncated(self, embedder: Embedder) -> None:
+        """How many texts were cut, queries and corpus texts counted apart."""
+        parts = [
+            f"{cut} of {texts} {_texts_of(role, texts)}"
+            for role, (cut, texts) in embedder.truncated_by_role.items()
+            if cut
+        ]
+        if parts:
             self.note(
-                f"[yellow]{embedder.truncated} of {total} text(s) were longer than "
-                f"{embedder.max_seq_length} tokens and were truncated[/] (see --max-seq-length)"
+                f"[yellow]{' and '.join(parts)} were longer than {embedder.max_seq_length} "
+                "tokens and were truncated[/] (see --max-seq-length)"
             )
+
+
+def _texts_of(role: str | None, count: int) -> str:
+    """What the texts of a role are called in the truncation note."""
+    if role == "query":
+        return "query" if count == 1 else "queries"
+    return "corpus text(s)" if role == "document" else "text(s)"
 
 
 def _input_spec(
@@ -737,7 +750,7 @@ def embed(
                 writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
     session.report_skipped(skipped)
-    session.report_truncated(embedder, writer.count)
+    session.report_truncated(embedder)
 
 
 def _embed_on_ray(
@@ -938,7 +951,7 @@ def similar(
         if stored is not None:
             _stored_notes(stored, embeddings, embedder, session)
     session.report_skipped(skipped)
-    session.report_truncated(embedder, total)
+    session.report_truncated(embedder)
     with render.open_output(output) as stream:
         render.write_hits(stream, fmt, query_texts, results, metric)
 
@@ -1064,7 +1077,7 @@ def matrix(
             scores = embedder.pairwise(rows, columns, metric=metric)
         else:
             scores = embedder.matrix(rows, columns, metric=metric)
-    session.report_truncated(embedder, total)
+    session.report_truncated(embedder)
     with render.open_output(output, binary=render.FORMATS[fmt].binary) as stream:
         if pairwise:
             render.write_pairs(stream, fmt, rows, columns, scores)

@@ -69,6 +69,8 @@ class Encoder:
     ) -> None:
         self.name = name
         self.truncated = 0  # texts cut at max_seq_length so far
+        # Per role (None: no role), texts embedded and how many of them were cut.
+        self.by_role: dict[Role | None, list[int]] = {}
         self.hits = 0  # texts found in the cache
         self.misses = 0  # texts the model embedded
         self.progress: ProgressFn | None = None
@@ -172,7 +174,11 @@ class Encoder:
         is quantized alike.
         """
         raw, truncated = self._raw(texts, options, role)
-        self.truncated += int(truncated.sum())
+        cut = int(truncated.sum())
+        self.truncated += cut
+        counts = self.by_role.setdefault(role, [0, 0])
+        counts[0] += len(texts)
+        counts[1] += cut
         if options.truncate_dim is not None:
             if not 1 <= options.truncate_dim <= raw.shape[1]:
                 raise SettingError(

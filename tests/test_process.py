@@ -117,7 +117,7 @@ def test_table_when_piped_has_no_escape_codes_and_notes_go_to_stderr(
     assert "\x1b[" not in stdout
     assert "modernbert-cli:" not in stdout and "truncated" not in stdout
     assert stderr.startswith("modernbert-cli: ")
-    assert "1 of 4 text(s) were longer than 128 tokens and were truncated" in stderr
+    assert "1 of 3 corpus text(s) were longer than 128 tokens and were truncated" in stderr
     assert "\x1b[" not in stderr
     assert_no_crash(stderr)
 
