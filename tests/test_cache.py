@@ -460,6 +460,60 @@ def test_a_damaged_row_is_recomputed(embed, engine_calls, monkeypatch):
 # --- several processes at once ------------------------------------------------------------
 
 
+# One process of the test below: waits for the go, then stores and looks up its share.
+SHARER = """
+import json, os, sys, time
+from pathlib import Path
+import numpy as np
+from modernbert_cli.cache import EmbeddingCache, default_path, text_key
+
+texts, go = json.loads(sys.argv[1]), Path(sys.argv[2])
+while not go.exists():  # all start together: they race to create the file and tables
+    time.sleep(0.001)
+store = EmbeddingCache(default_path(), warn=lambda message: sys.exit(message))
+for text in texts:
+    vector = np.random.default_rng(int(text.split()[-1])).standard_normal(32)
+    store.store("fp", "m", [(text_key(text), vector.astype(np.float32), False)])
+found = store.lookup("fp", [text_key(text) for text in texts])
+store.record("fp", "m", len(found), len(texts) - len(found))
+store.close()
+print(len(found))
+"""
+
+
+def test_four_processes_create_and_share_one_cache(tmp_path):
+    """Without torch, so it runs by default: four processes create the file and its
+    tables at once, write overlapping rows, and every row is there once, intact."""
+    texts = [f"shared text number {n}" for n in range(40)]
+    shares = [texts[8 * n : 8 * n + 16] for n in range(4)]  # each overlaps the next
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", SHARER, json.dumps(share), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for share in shares
+    ]
+    go.touch()
+    for process, share in zip(processes, shares, strict=True):
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr.decode()
+        assert stdout.decode().split() == [str(len(share))]
+
+    store = EmbeddingCache(default_path())
+    found = store.lookup("fp", [text_key(text) for text in texts])
+    (row,) = store.stats()
+    store.close()
+    assert len(found) == len(texts) == row.entries
+    for text in texts:
+        vector = np.random.default_rng(int(text.split()[-1])).standard_normal(32)
+        assert_array_equal(found[text_key(text)].vector, vector.astype(np.float32))
+    assert row.hits == sum(map(len, shares))
+
+
+@pytest.mark.slow  # four processes import torch at once: minutes on a busy 2-core machine
 def test_four_processes_share_one_cache(tiny_model, embed):
     texts = [f"shared text number {n}" for n in range(40)]
     shares = [texts[8 * n : 8 * n + 16] for n in range(4)]  # each overlaps the next
