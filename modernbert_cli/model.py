@@ -316,10 +316,11 @@ def load(spec: ModelSpec) -> Any:
 
     try:
         model = SentenceTransformer(
-            resolved.location,
+            # A fully cached hub model loads from its folder: by its id, huggingface_hub
+            # still asks the hub for its agent registry (a 3 s timeout offline).
+            str(resolved.snapshot) if resolved.cached else resolved.location,
             device=device,
             trust_remote_code=spec.trust_remote_code,
-            # A fully cached hub model loads without a network round trip per file.
             local_files_only=resolved.cached,
         )
     except Exception as error:  # sentence-transformers raises many kinds; all mean "cannot load"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_MAX_SEQ_LENGTH, run_subprocess
+from conftest import ROOT, TINY_MAX_SEQ_LENGTH
 
 from modernbert_cli import model
 from modernbert_cli.errors import ExitStatus, ModelError
@@ -205,24 +206,33 @@ def test_unavailable_model_fails_fast_with_remedies(
 
 
 def test_hub_id_in_the_cache_loads_without_network(
-    cli, monkeypatch: pytest.MonkeyPatch, offline_env: Path, tiny_model: str
+    cli, monkeypatch: pytest.MonkeyPatch, empty_hub_cache: Path, tiny_model: str
 ) -> None:
-    """A hub id whose files are in $HF_HOME/hub loads with the hub unreachable."""
+    """A hub id whose files are in $HF_HOME/hub loads with the hub allowed but never
+    asked: not one connection is tried (in-process, so that every one is seen)."""
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = offline_env / "hub" / "models--testorg--tiny"
+    repo = empty_hub_cache / "models--testorg--tiny"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(tiny_model, repo / "snapshots" / commit)
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    result = run_subprocess(
-        ["embed", "hello", "-m", "testorg/tiny"], env={"HF_ENDPOINT": "http://127.0.0.1:9"}
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    (cached,) = jsonl(result.stdout.decode())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    tried: list[object] = []
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        tried.append(args)
+        raise OSError("this test allows no connection")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    result = cli("embed", "hello", "-m", "testorg/tiny")
+    assert result.code == 0, result.stderr
+    assert tried == []
+    (cached,) = jsonl(result.stdout)
     assert cached["model"] == "testorg/tiny"
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (local,) = jsonl(cli("embed", "hello", "-m", tiny_model).stdout)
     np.testing.assert_allclose(cached["embedding"], local["embedding"], rtol=1e-5, atol=1e-6)
 
