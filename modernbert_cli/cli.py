@@ -503,12 +503,25 @@ class Session:
                 embedder.progress = None
                 self._live = False
 
-    def report_truncated(self, embedder: Embedder, total: int) -> None:
-        if embedder.truncated:
+    def report_truncated(self, embedder: Embedder) -> None:
+        """How many texts were cut, queries and corpus texts counted apart."""
+        parts = [
+            f"{cut} of {texts} {_texts_of(role, texts)}"
+            for role, (cut, texts) in embedder.truncated_by_role.items()
+            if cut
+        ]
+        if parts:
             self.note(
-                f"[yellow]{embedder.truncated} of {total} text(s) were longer than "
-                f"{embedder.max_seq_length} tokens and were truncated[/] (see --max-seq-length)"
+                f"[yellow]{' and '.join(parts)} were longer than {embedder.max_seq_length} "
+                "tokens and were truncated[/] (see --max-seq-length)"
             )
+
+
+def _texts_of(role: str | None, count: int) -> str:
+    """What the texts of a role are called in the truncation note."""
+    if role == "query":
+        return "query" if count == 1 else "queries"
+    return "corpus text(s)" if role == "document" else "text(s)"
 
 
 def _input_spec(
@@ -737,7 +750,7 @@ def embed(
                 writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
     session.report_skipped(skipped)
-    session.report_truncated(embedder, writer.count)
+    session.report_truncated(embedder)
 
 
 def _embed_on_ray(
@@ -938,7 +951,7 @@ def similar(
         if stored is not None:
             _stored_notes(stored, embeddings, embedder, session)
     session.report_skipped(skipped)
-    session.report_truncated(embedder, total)
+    session.report_truncated(embedder)
     with render.open_output(output) as stream:
         render.write_hits(stream, fmt, query_texts, results, metric)
 
@@ -1064,7 +1077,7 @@ def matrix(
             scores = embedder.pairwise(rows, columns, metric=metric)
         else:
             scores = embedder.matrix(rows, columns, metric=metric)
-    session.report_truncated(embedder, total)
+    session.report_truncated(embedder)
     with render.open_output(output, binary=render.FORMATS[fmt].binary) as stream:
         if pairwise:
             render.write_pairs(stream, fmt, rows, columns, scores)
@@ -1313,7 +1326,7 @@ def _stop(session: Session, model: str | None) -> None:
 
 cache_app = typer.Typer(
     help="Show the embedding cache (where, how big, hits per model), or clear it.",
-    epilog=_examples("cache", "cache clear", "cache clear --model minilm"),
+    epilog=_examples("cache", "cache clear", "cache clear --model minilm", "cache clear --stale"),
     invoke_without_command=True,
     **_TYPER,
 )
@@ -1357,9 +1370,16 @@ def cache_clear(
             show_default=False,
         ),
     ] = None,
+    stale: Annotated[
+        bool,
+        typer.Option(
+            "--stale",
+            help="Only entries whose model files are gone or changed (never used again).",
+        ),
+    ] = False,
 ) -> None:
     """Delete the cached embeddings (of every model, or of one) and passages (all)."""
-    _clear(Session.start(quiet=False), model)
+    _clear(Session.start(quiet=False), model, stale)
 
 
 def _cache_info(session: Session) -> None:
@@ -1371,17 +1391,18 @@ def _cache_info(session: Session) -> None:
     render.write_cache_stats(sys.stdout, store.path, store.size_bytes(), models)
 
 
-def _clear(session: Session, model: str | None) -> None:
+def _clear(session: Session, model: str | None, stale: bool = False) -> None:
     from modernbert_cli.cache import EmbeddingCache, default_path
     from modernbert_cli.model import canonical_name
 
     store = EmbeddingCache(default_path(), warn=session.warn)
-    deleted = store.clear(canonical_name(model) if model else None)
+    deleted = store.clear(canonical_name(model) if model else None, stale=stale)
     if deleted is None:  # the file was damaged: it went whole
         session.note(f"deleted the damaged cache file {store.path} (every model's entries)")
     else:
-        session.note(f"deleted {deleted:,} cached embedding(s) from {store.path}")
-    if model is None:
+        whose = " whose model files are gone or changed" if stale else ""
+        session.note(f"deleted {deleted:,} cached embedding(s){whose} from {store.path}")
+    if model is None and not stale:
         from modernbert_cli import split_cache
 
         if split_cache.clear():  # passages are kept per tokenizer, not per model: all go

@@ -207,6 +207,12 @@ class Embedder:
         return self._encoder.truncated if self._encoder else 0
 
     @property
+    def truncated_by_role(self) -> dict[Role | None, tuple[int, int]]:
+        """Per role (``"query"``, ``"document"``, None): (texts truncated, texts embedded)."""
+        counts = self._encoder.by_role if self._encoder else {}
+        return {role: (cut, texts) for role, (texts, cut) in counts.items()}
+
+    @property
     def progress(self) -> ProgressFn | None:
         """Called as ``progress(texts, tokens)`` after each batch the model runs."""
         return self.encoder.progress

@@ -302,7 +302,7 @@ def load(spec: ModelSpec) -> Any:
     >>> model = load(ModelSpec("minilm", device="cpu"))  # doctest: +SKIP
     """
     resolved = resolve(spec.name)
-    device = pick_devices(spec.device)[0]  # the engine places replicas on the others
+    # Before the devices, which import torch: a model that cannot be had fails at once.
     if not resolved.is_local and not resolved.cached and not _hub_reachable():
         repo = resolved.location  # an alias names its hub id too: that is what to fetch
         shown = f"'{spec.name}'" + (f" ({repo})" if repo != spec.name else "")
@@ -310,6 +310,7 @@ def load(spec: ModelSpec) -> Any:
             f"model {shown} is not in the local Hugging Face cache and the hub cannot "
             f"be reached: {remedies(repo)}"
         )
+    device = pick_devices(spec.device)[0]  # the engine places replicas on the others
     quiet_libraries()
     from sentence_transformers import SentenceTransformer
 

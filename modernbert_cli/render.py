@@ -957,7 +957,14 @@ def _table_pairs(stream: IO[str], a: Sequence[Text], b: Sequence[Text], scores: 
 
 
 def write_cache_stats(stream: IO[str], path: Any, size: int, models: Sequence[Any]) -> None:
-    """The cache's place, size and per-model counts, as a table."""
+    """The cache's place, size and per-model counts, as a table.
+
+    Two fingerprints of one model (a reinstall, new weights) differ in their folder, the
+    state of its files (``changed``, ``gone``: never used again) and when last used.
+    """
+    import time
+
+    from rich.console import Group
     from rich.table import Table
 
     table = Table()
@@ -965,13 +972,20 @@ def write_cache_stats(stream: IO[str], path: Any, size: int, models: Sequence[An
     table.add_column("entries", justify="right")
     table.add_column("hits", justify="right")
     table.add_column("misses", justify="right")
+    table.add_column("last used")
+    table.add_column("files")
     table.add_column("fingerprint", style="dim")
     for row in models:
+        shown: Any = _Path(row.name)
+        if row.folder and row.folder != row.name:  # an alias or hub id: where its files are
+            shown = Group(shown, _Path(row.folder, "dim"))
         table.add_row(
-            _Path(row.name),
+            shown,
             f"{row.entries:,}",
             f"{row.hits:,}",
             f"{row.misses:,}",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(row.last_used)),
+            row.files,
             row.fingerprint[:12],
         )
     if not models:

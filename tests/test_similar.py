@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_error
+from conftest import TINY_MAX_SEQ_LENGTH, assert_error
 from numpy.testing import assert_allclose
 
 from modernbert_cli.errors import ExitStatus
@@ -508,6 +508,26 @@ def test_documents_rank_files_with_their_paths_as_sources(cli):
     assert hits[0]["text"] == (NOTES / "bees.md").read_text(encoding="utf-8").strip()
     assert sorted(h["source"] for h in hits) == sorted(str(p) for p in NOTES.iterdir())
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+
+
+def test_the_truncation_note_counts_corpus_texts_and_queries_apart(cli, tiny_model, tmp_path):
+    """`--documents` said "5 of 6 text(s) truncated": the query was counted as a text."""
+    result = cli("similar", "-m", tiny_model, "volcanoes", "--documents", "-i", str(NOTES))
+    assert result.code == ExitStatus.OK, result.stderr
+    limit = TINY_MAX_SEQ_LENGTH
+    assert result.stderr == (
+        f"modernbert-cli: 5 of 5 corpus text(s) were longer than {limit} tokens and were "
+        "truncated (see --max-seq-length)\n"
+    )
+
+    queries = tmp_path / "queries.txt"
+    queries.write_text(f"short\n{' '.join(['volcano'] * 300)}\n")
+    both = cli("similar", "-m", tiny_model, "--queries", str(queries), "-i", str(NOTES / "bees.md"))
+    assert both.code == ExitStatus.OK, both.stderr
+    assert both.stderr == (
+        f"modernbert-cli: 1 of 2 queries were longer than {limit} tokens and were "
+        "truncated (see --max-seq-length)\n"
+    )
 
 
 def test_folder_without_documents_is_an_input_error(cli, tiny_model):
