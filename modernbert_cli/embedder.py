@@ -20,6 +20,7 @@ server-backed run never pays for torch at all.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
@@ -323,6 +324,9 @@ class Embedder:
         """
         from modernbert_cli.scoring import TopK
 
+        if threshold is not None and not math.isfinite(threshold):
+            # NaN compares false with every score: it would silently return nothing.
+            raise SettingError("threshold", "must be a finite number", threshold)
         query_vectors = self.embed(_strings(queries), role="query", truncate_dim=truncate_dim)
         metric = metric or self.similarity_fn_name
         best = TopK(len(queries), metric, k=top_k, threshold=threshold, distinct=distinct)

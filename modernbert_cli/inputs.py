@@ -681,7 +681,7 @@ def _parse_table(
         header = next(reader, None)
         if header is None:
             return
-        index = _column_index(header, column, name)
+        index = column_index(header, column, name)
         start = reader.line_num + 1  # a quoted field can span lines: point at the first
         for row in reader:
             where, start = f"{name}:{start}", reader.line_num + 1
@@ -699,7 +699,9 @@ def _parse_table(
         raise InputError(f"{name}:{reader.line_num}: malformed {kind} ({error})") from None
 
 
-def _column_index(header: list[str], column: str | None, name: str) -> int:
+def column_index(header: list[str], column: str | None, name: str) -> int:
+    """Which column of a CSV/TSV header holds the texts: ``--column`` NAME or N (from 1),
+    else the only one, else one named ``text``."""
     names = ", ".join(header)
     if column is None:
         if len(header) == 1:

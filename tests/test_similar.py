@@ -627,3 +627,10 @@ def test_table_cuts_a_long_source_in_the_middle_keeping_the_file_name(cli, tiny_
     assert len(rows) == 1
     assert re.search(r"│ /\S*…/volcanoes\.txt:1 +│$", rows[0]), rows[0]
     assert all(len(line) <= 100 for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(cli, tiny_model, no_model, value):
+    """NaN compares false with every score: it used to give no results and exit 0."""
+    result = cli("similar", "-m", tiny_model, "q", "a", "b", "--threshold", value)
+    assert_error(result, ExitStatus.USAGE, f"--threshold {float(value)}: must be a finite number")
