@@ -568,14 +568,14 @@ def on_disk(path: Path) -> int:
 def test_lru_keeps_the_newest_rows_within_the_bound(tmp_path, clock):
     bound = 1 << 20  # the command line's least (--cache-max-mb 1)
     store = EmbeddingCache(tmp_path / "c.sqlite3", max_bytes=bound)
-    for n in range(2000):
+    for n in range(1200):
         clock[0] += 1
         store.store("fp", "m", [(text_key(f"t{n}"), _vector(n, 256), False)])
         assert on_disk(store.path) <= bound
-    found = store.lookup("fp", [text_key(f"t{n}") for n in range(2000)])
-    kept = [n for n in range(2000) if text_key(f"t{n}") in found]
-    assert 100 < len(kept) < 2000
-    assert kept == list(range(2000 - len(kept), 2000))  # the newest, and only those
+    found = store.lookup("fp", [text_key(f"t{n}") for n in range(1200)])
+    kept = [n for n in range(1200) if text_key(f"t{n}") in found]
+    assert 100 < len(kept) < 1200
+    assert kept == list(range(1200 - len(kept), 1200))  # the newest, and only those
     for n in kept[-5:]:
         assert_array_equal(found[text_key(f"t{n}")].vector, _vector(n, 256))
     store.close()
