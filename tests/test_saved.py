@@ -240,3 +240,22 @@ def test_a_broken_description_is_an_input_error(embed_corpus):
 
     with pytest.raises(InputError, match=r"c\.npy\.json:1: invalid JSON"):
         saved.load(str(path), texts)
+
+
+def test_other_settings_are_named_and_a_truncated_file_is_scored_as_made(
+    embed_corpus, similar_with, tmp_path
+):
+    """A file made with other settings warns (after the results); truncate_dim is followed."""
+    shorter = embed_corpus("short.jsonl", "--max-seq-length", "64")
+    result = similar_with(shorter, "-f", "jsonl")
+    assert result.code == ExitStatus.OK, result.stderr
+    assert result.stdout.count("\n") == 10
+    assert "made from other model files or settings" in result.stderr
+
+    same = similar_with(embed_corpus("same.jsonl"), "-f", "jsonl")
+    assert same.code == ExitStatus.OK and "other model files" not in same.stderr
+
+    cut = embed_corpus("cut.jsonl", "--truncate-dim", "16")
+    hits = similar_with(cut, "-f", "jsonl", "-k", "3")
+    assert hits.code == ExitStatus.OK, hits.stderr  # not "16 dimensions but … makes 32"
+    assert hits.stdout.count("\n") == 3
