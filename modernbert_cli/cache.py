@@ -1,16 +1,19 @@
 """A persistent embedding cache: a real SQLite file, so no text is embedded twice.
 
-Keys are a *fingerprint* (:func:`modernbert_cli.model.fingerprint`) of everything
-that changes a vector (the model's files and their sizes and times,
-``max_seq_length``, the prompt, the precision the model runs in) and a hash of the
-text. Values are the model's float32 output,
-stored exactly, so cached numbers equal freshly computed ones bit for bit; each
-row carries a CRC of its key and bytes, and a row that fails it is never returned.
+Keys are a *fingerprint* of everything that changes a vector (the model's files
+and their sizes and times, ``max_seq_length``, the prompt, the precision the
+model runs in) and a hash of the text. Values are the model's float32 output,
+stored exactly: a cached vector is, bit for bit, the one computed when its text was
+first embedded (a fresh one may differ in the last bits, ~1e-7, as the model's output
+depends slightly on the other texts in its batch). Each row carries a CRC of its key
+and bytes, and a row that fails it is never returned.
 
 Several processes may use the file at once (WAL journal, short transactions, a
 busy timeout). A cache that cannot be opened or read, or that turns out corrupt,
 costs one warning on stderr and is then left alone: the command still succeeds.
-The file is bounded (``max_bytes``); the least recently used rows go first.
+The files on disk are bounded (``max_bytes``, the database and its write-ahead log
+together); the least recently used rows go first. Bounds under 1 MB (the command
+line's least) can be passed by a few pages of log.
 
 >>> cache = EmbeddingCache(Path("/tmp/c.sqlite3"))  # doctest: +SKIP
 >>> cache.lookup("fingerprint", [text_key("a cat")])  # doctest: +SKIP
@@ -20,8 +23,10 @@ The file is bounded (``max_bytes``); the least recently used rows go first.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
+import stat
 import sys
 import time
 import zlib
@@ -40,31 +45,51 @@ DEFAULT_MAX_MB = 2048
 
 # SQLite allows 32,766 host parameters per statement; stay well below.
 _BATCH = 900
+# Bytes a row takes besides its vector: key, columns, index entries, page slack.
+_ROW_OVERHEAD = 160
 _BUSY_TIMEOUT_MS = 10_000
 _SCHEMA_VERSION = 1
+# The bound is on the files on disk: the database may fill this share of it, its
+# write-ahead log the rest (a log reset after each checkpoint, and cut back to size).
+_MAIN_SHARE = 0.75
+_WAL_SHARE = 1 / 16
 
 # A rowid table (vectors are kilobytes: too big for a WITHOUT ROWID b-tree), rows
 # keyed by a small model number rather than the 64-character fingerprint.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    id INTEGER PRIMARY KEY,
-    fingerprint TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0,
-    misses INTEGER NOT NULL DEFAULT 0,
-    last_used INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS embeddings (
-    model INTEGER NOT NULL REFERENCES models (id),
-    text_key BLOB NOT NULL,
-    vector BLOB NOT NULL,
-    truncated INTEGER NOT NULL,
-    crc INTEGER NOT NULL,
-    last_used INTEGER NOT NULL,
-    UNIQUE (model, text_key)
-);
-CREATE INDEX IF NOT EXISTS embeddings_last_used ON embeddings (last_used);
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS models (
+        id INTEGER PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0,
+        misses INTEGER NOT NULL DEFAULT 0,
+        last_used INTEGER NOT NULL,
+        folder TEXT,
+        files TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS embeddings (
+        model INTEGER NOT NULL REFERENCES models (id),
+        text_key BLOB NOT NULL,
+        vector BLOB NOT NULL,
+        truncated INTEGER NOT NULL,
+        crc INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        UNIQUE (model, text_key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS embeddings_last_used ON embeddings (last_used)",
+)
+# The columns each table must have; a file whose tables lack them is damaged.
+_COLUMNS = {
+    "models": {"id", "fingerprint", "name", "hits", "misses", "last_used"},
+    "embeddings": {"model", "text_key", "vector", "truncated", "crc", "last_used"},
+}
+# Columns added later: older versions name their columns in every statement, so they
+# still read and write a file that has these, and the format number stays 1.
+_ADDED_COLUMNS = {"models": {"folder": "TEXT", "files": "TEXT"}}
+
+
+class WrongTables(sqlite3.DatabaseError):
+    """The file is a SQLite database, but not one of ours: damaged, as far as we go."""
 
 
 def default_path() -> Path:
@@ -84,10 +109,51 @@ def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+def fingerprint(model_dir: Path | None, name: str, settings: dict[str, Any]) -> str:
+    """Everything that changes a vector: the model's files (path, size, mtime) and settings.
+
+    Rewriting the weights under the same path changes their size or time, and so the
+    fingerprint: an old vector is never served for a new model.
+    """
+    import hashlib
+
+    payload = {
+        "model": str(model_dir.resolve()) if model_dir else name,
+        "files": _model_files(model_dir) if model_dir is not None else [],
+        **settings,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def files_digest(model_dir: Path) -> str:
+    """A short digest of the model's files as the fingerprint sees them (path, size, mtime):
+    when it changes, every fingerprint made from the old files can never match again."""
+    import hashlib
+
+    listing = json.dumps(_model_files(model_dir)).encode()
+    return hashlib.blake2b(listing, digest_size=8).hexdigest()
+
+
+def _model_files(model_dir: Path) -> list[tuple[str, int, int]]:
+    files = []
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file() and not any(part.startswith(".") for part in path.parts[-2:]):
+            stat = path.stat()  # follows the hub cache's links to its blobs
+            files.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
+    return files
+
+
 @dataclass(frozen=True)
 class Cached:
     vector: np.ndarray
     truncated: bool
+
+
+# Whether the model files a fingerprint was made from are still there, as they were.
+CURRENT = "current"  # the same files: the entries can be used
+CHANGED = "changed"  # other files in the folder now (a reinstall, new weights): never used
+GONE = "gone"  # the folder is gone: never used
+UNKNOWN = "unknown"  # made by 1.0, which did not record the folder
 
 
 @dataclass(frozen=True)
@@ -98,6 +164,13 @@ class ModelStats:
     hits: int
     misses: int
     last_used: int
+    folder: str | None = None  # the model's files, when they were cached
+    files: str = UNKNOWN  # CURRENT, CHANGED, GONE or UNKNOWN
+
+    @property
+    def stale(self) -> bool:
+        """Its model files are gone or changed: its entries can never be used again."""
+        return self.files in (CHANGED, GONE)
 
 
 class EmbeddingCache:
@@ -124,7 +197,7 @@ class EmbeddingCache:
             return None
         if self._db is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _make_private(self.path)
                 self._db = _retry_busy(self._open)
             except (sqlite3.Error, OSError) as error:
                 self._fail(error)
@@ -134,13 +207,26 @@ class EmbeddingCache:
         db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
             db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            # A new file can give freed pages back (see _shrink); an old one once cleared.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.execute("PRAGMA journal_mode = WAL")
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            wal = int(self.max_bytes * _WAL_SHARE)
+            db.execute(f"PRAGMA wal_autocheckpoint = {min(1000, max(8, wal // page))}")
+            db.execute(f"PRAGMA journal_size_limit = {wal}")
             db.execute("PRAGMA synchronous = NORMAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"unknown cache format {version}")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            if version != _SCHEMA_VERSION or _missing(db):
+                with _transaction(db):  # one process at a time makes or completes the tables
+                    missing = _missing(db)
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    for table, column, kind in missing:
+                        if column:  # else the table was missing, and is made now
+                            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except BaseException:
             db.close()
             raise
@@ -150,9 +236,12 @@ class EmbeddingCache:
         """Turn the cache off for this run, with one warning; the command goes on without it."""
         self.error = self.error or error
         if not self.disabled:
+            # Only for a damaged file is clearing the remedy (it deletes the file); a
+            # lock, a permission or a folder that is a file are not cured by it.
+            remedy = "run: modernbert-cli cache clear" if _damaged(error) else "or use --no-cache"
             self._warn(
                 f"warning: embedding cache {self.path} is unusable ({error}); going on "
-                "without it (delete the file, or run: modernbert-cli cache --clear)"
+                f"without it ({remedy})"
             )
         self.disabled = True
         if self._db is not None:
@@ -212,8 +301,13 @@ class EmbeddingCache:
         fingerprint: str,
         name: str,
         items: Iterable[tuple[bytes, np.ndarray, bool]],
+        folder: Path | None = None,
     ) -> None:
-        """Add (key, float32 vector, truncated) rows, in short transactions."""
+        """Add (key, float32 vector, truncated) rows, in short transactions.
+
+        ``folder`` is where the model's files are, for ``cache`` to say whether they
+        still are (the fingerprint is a hash: it cannot say).
+        """
         import numpy
 
         db = self._connect()
@@ -221,15 +315,21 @@ class EmbeddingCache:
             return
         now = int(time.time())
         items = list(items)
+        if not items:
+            return
+        # A slice at a time, room made before each: freed pages are reused, so the file
+        # never grows past its bound, however big the chunk. Slices are small beside
+        # the bound, so a small bound still keeps most of its rows.
+        row_bytes = _ROW_OVERHEAD + 4 * max(int(vector.size) for _, vector, _ in items)
+        per_slice = max(1, min(_BATCH, int(self.max_bytes * _MAIN_SHARE / 32 / row_bytes)))
         try:
-            # A slice at a time, each followed by eviction: a big chunk of new rows
-            # takes the file past its bound by one slice, not by the whole chunk.
-            for start in range(0, len(items), _BATCH):
-                batch = items[start : start + _BATCH]
+            for start in range(0, len(items), per_slice):
+                batch = items[start : start + per_slice]
+                self._evict(db, incoming=len(batch) * row_bytes)
 
                 def write(batch: list[tuple[bytes, np.ndarray, bool]] = batch) -> None:
                     with _transaction(db):
-                        model = self._model_id(db, fingerprint, name, create=True)
+                        model = self._model_id(db, fingerprint, name, folder, create=True)
                         rows = []
                         for key, vector, truncated in batch:
                             blob = numpy.ascontiguousarray(vector, dtype="<f4").tobytes()
@@ -243,51 +343,63 @@ class EmbeddingCache:
                         )
 
                 _retry_busy(write)  # past the busy timeout, a loaded machine gets more tries
-                self._evict(db)
+            self._shrink(db)
         except sqlite3.Error as error:
             self._fail(error)
 
     @staticmethod
     def _model_id(
-        db: sqlite3.Connection, fingerprint: str, name: str = "", create: bool = False
+        db: sqlite3.Connection,
+        fingerprint: str,
+        name: str = "",
+        folder: Path | None = None,
+        create: bool = False,
     ) -> int | None:
         row = db.execute("SELECT id FROM models WHERE fingerprint = ?", (fingerprint,)).fetchone()
         if row is not None or not create:
             return row and row[0]
         cursor = db.execute(
-            "INSERT INTO models (fingerprint, name, last_used) VALUES (?, ?, ?)",
-            (fingerprint, name, int(time.time())),
+            "INSERT INTO models (fingerprint, name, last_used, folder, files) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (fingerprint, name, int(time.time()), *_where(folder)),
         )
         return cursor.lastrowid
 
-    def record(self, fingerprint: str, name: str, hits: int, misses: int) -> None:
+    def record(
+        self, fingerprint: str, name: str, hits: int, misses: int, folder: Path | None = None
+    ) -> None:
         """Count this run's hits and misses for ``modernbert-cli cache``."""
         db = self._connect()
         if db is None:
             return
         try:
+            # The folder and files a fingerprint was made from never change; a row of 1.0
+            # (none recorded) gets them now, as they are what this fingerprint matched.
             db.execute(
-                "INSERT INTO models (fingerprint, name, hits, misses, last_used) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
+                "INSERT INTO models (fingerprint, name, hits, misses, last_used, folder, files) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO UPDATE SET "
                 "hits = hits + excluded.hits, misses = misses + excluded.misses, "
-                "name = excluded.name, last_used = excluded.last_used",
-                (fingerprint, name, hits, misses, int(time.time())),
+                "name = excluded.name, last_used = excluded.last_used, "
+                "folder = coalesce(folder, excluded.folder), "
+                "files = coalesce(files, excluded.files)",
+                (fingerprint, name, hits, misses, int(time.time()), *_where(folder)),
             )
         except sqlite3.Error as error:
             self._fail(error)
 
-    def _evict(self, db: sqlite3.Connection) -> None:
-        """Least recently used rows go until the file is under 90% of its bound."""
+    def _evict(self, db: sqlite3.Connection, incoming: int = 0) -> None:
+        """Least recently used rows go until ``incoming`` more bytes fit in the bound."""
+        bound = self.max_bytes * _MAIN_SHARE
         size = _size(db)
-        if size <= self.max_bytes:
+        if size + incoming <= bound:
             return
         count = db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
         if not count:
             return
-        # Rows are about the same size: drop the share that brings the file under bound.
-        target = int(count * (1 - 0.9 * self.max_bytes / size)) + 1
-        # Freed pages are reused by later rows, so the file stays within its bound
-        # without a VACUUM (which would rewrite all of it).
+        # Rows are about the same size: drop the share that leaves room for the new
+        # ones and 5% more, so that eviction does not run again at the very next slice.
+        keep = max(0.0, 0.95 * bound - incoming) / size
+        target = int(count * (1 - keep)) + 1
         with _transaction(db):
             db.execute(
                 "DELETE FROM embeddings WHERE rowid IN "
@@ -295,9 +407,22 @@ class EmbeddingCache:
                 (target,),
             )
 
+    def _shrink(self, db: sqlite3.Connection) -> None:
+        """Give free pages back when the file is past its bound (made by an older version,
+        or with a larger bound): at once for a file made with incremental vacuum, else by
+        one VACUUM that makes it so."""
+        pages, page = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+        if pages * page <= self.max_bytes * _MAIN_SHARE:
+            return
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2: incremental
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute("VACUUM")
+        db.execute("PRAGMA incremental_vacuum").fetchall()  # it frees a page per step
+
     # -- for `modernbert-cli cache` --------------------------------------------------------
 
     def stats(self) -> list[ModelStats]:
+        """One row per fingerprint, the most recently used first; reads the model folders."""
         db = self._connect()
         if db is None:
             return []
@@ -305,19 +430,27 @@ class EmbeddingCache:
             rows = db.execute(
                 "SELECT m.name, m.fingerprint, "
                 "(SELECT count(*) FROM embeddings e WHERE e.model = m.id), "
-                "m.hits, m.misses, m.last_used FROM models m ORDER BY m.last_used DESC"
+                "m.hits, m.misses, m.last_used, m.folder, m.files "
+                "FROM models m ORDER BY m.last_used DESC, m.id DESC"
             ).fetchall()
         except sqlite3.Error as error:
             self._fail(error)
             return []
-        return [ModelStats(*row) for row in rows]
+        digests: dict[str, str | None] = {}  # one look per folder
+        stats = []
+        for *row, folder, files in rows:
+            if folder is not None and folder not in digests:
+                digests[folder] = _digest_of(Path(folder))
+            stats.append(ModelStats(*row, folder, _state(files, digests.get(folder))))
+        return stats
 
     def size_bytes(self) -> int:
         files = [self.path, Path(f"{self.path}-wal")]
         return sum(f.stat().st_size for f in files if f.exists())
 
-    def clear(self, name: str | None = None) -> int | None:
-        """Delete every row (or one model's); returns how many went.
+    def clear(self, name: str | None = None, stale: bool = False) -> int | None:
+        """Delete every row (or one model's, or with ``stale`` only those of fingerprints
+        whose model files are gone or changed); returns how many went.
 
         A file that SQLite finds damaged (corrupt, or no database at all) is deleted
         whole, with its -wal and -shm files, so every model's entries go: then the
@@ -331,18 +464,24 @@ class EmbeddingCache:
             db = self._connect()
             if db is None:
                 return self._remove_damaged(self.error)
+            doomed = None  # every fingerprint (of the model)
+            if stale:
+                doomed = [row.fingerprint for row in self.stats() if row.stale]
+                if self.disabled:  # stats failed on a damaged file
+                    return self._remove_damaged(self.error)
             with _transaction(db):
-                if name is None:
+                if name is None and doomed is None:
                     deleted = db.execute("DELETE FROM embeddings").rowcount
                     db.execute("DELETE FROM models")
                 else:
+                    where, args = _which(name, doomed)
                     deleted = db.execute(
-                        "DELETE FROM embeddings WHERE model IN "
-                        "(SELECT id FROM models WHERE name = ?)",
-                        (name,),
+                        f"DELETE FROM embeddings WHERE model IN (SELECT id FROM models {where})",
+                        args,
                     ).rowcount
-                    db.execute("DELETE FROM models WHERE name = ?", (name,))
+                    db.execute(f"DELETE FROM models {where}", args)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
             db.execute("VACUUM")
             return deleted
         except sqlite3.Error as error:
@@ -356,12 +495,7 @@ class EmbeddingCache:
         from modernbert_cli.errors import OutputError
 
         self.close()
-        # Corrupt or not a database: DatabaseError itself. Locked, read-only, I/O: its
-        # OperationalError subclass; OSError: the folder. Those are no reason to delete.
-        damaged = isinstance(error, sqlite3.DatabaseError) and not isinstance(
-            error, sqlite3.OperationalError
-        )
-        if not damaged:
+        if not _damaged(error):
             raise OutputError(f"cannot clear the embedding cache {self.path}: {error}")
         for file in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
             try:
@@ -372,6 +506,28 @@ class EmbeddingCache:
                 raise OutputError(
                     f"cannot delete the damaged cache file {file}: {error.strerror or error}"
                 ) from None
+
+
+def _make_private(path: Path) -> None:
+    """The folder 0700 (when we make it) and the file 0600, before SQLite opens it.
+
+    Others must not read a user's vectors, nor test whether a sentence was ever embedded
+    (keys are hashes of the texts). SQLite gives the -wal and -shm files the mode of the
+    database file. A file made 0644 by an older version is narrowed too.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.parent.mkdir(mode=0o700, parents=True)
+        os.chmod(path.parent, 0o700)  # exactly: mkdir's mode passes through the umask
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for journal in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(journal.stat().st_mode) & 0o077:
+                os.chmod(journal, 0o600)
 
 
 class _transaction:
@@ -406,6 +562,68 @@ def _retry_busy(step: Callable[[], Any], attempts: int = 10) -> Any:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _where(folder: Path | None) -> tuple[str | None, str | None]:
+    """The folder and files digest to record for a fingerprint (none without a folder)."""
+    if folder is None:
+        return None, None
+    return str(folder), _digest_of(folder)
+
+
+def _digest_of(folder: Path) -> str | None:
+    try:
+        return files_digest(folder) if folder.is_dir() else None
+    except OSError:  # unreadable now: as good as gone
+        return None
+
+
+def _state(recorded: str | None, now: str | None) -> str:
+    if recorded is None:
+        return UNKNOWN
+    if now is None:
+        return GONE
+    return CURRENT if now == recorded else CHANGED
+
+
+def _which(name: str | None, fingerprints: list[str] | None) -> tuple[str, list[Any]]:
+    """A WHERE clause on models by name and/or a list of fingerprints, and its values."""
+    clauses, args = [], []
+    if name is not None:
+        clauses.append("name = ?")
+        args.append(name)
+    if fingerprints is not None:
+        clauses.append(f"fingerprint IN ({','.join('?' * len(fingerprints))})")
+        args.extend(fingerprints)
+    return "WHERE " + " AND ".join(clauses), args
+
+
+def _damaged(error: BaseException | None) -> bool:
+    """Whether ``error`` says the file itself is bad (and deleting it is the cure).
+
+    Corrupt, not a database, or not our tables: DatabaseError itself (WrongTables is
+    one). Locked, read-only, I/O: its OperationalError subclass; OSError: the folder.
+    """
+    return isinstance(error, sqlite3.DatabaseError) and not isinstance(
+        error, sqlite3.OperationalError
+    )
+
+
+def _missing(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """The (table, column, type) to add; raises WrongTables for tables not ours."""
+    missing = []
+    for table, needed in _COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            missing.append((table, "", ""))  # the table itself: CREATE makes it
+            continue
+        if not needed <= have:
+            lacking = ", ".join(sorted(needed - have))
+            raise WrongTables(f"table {table} has no column {lacking}: not an embedding cache")
+        for column, kind in _ADDED_COLUMNS.get(table, {}).items():
+            if column not in have:
+                missing.append((table, column, kind))
+    return missing
 
 
 def _size(db: sqlite3.Connection) -> int:

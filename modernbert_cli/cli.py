@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
@@ -372,19 +372,41 @@ def _format_option(formats: Sequence[str], default: str) -> Any:
 
 
 @dataclass
+class Reading:
+    """Passages read so far and the files they came from; a progress bar shows it as it
+    redraws (the count of passages is not known before they are cut)."""
+
+    passages: int = 0
+    files: int = 0
+
+    def count(self, items: Iterable[Any]) -> Iterator[Any]:
+        last = None
+        for item in items:
+            path = getattr(item, "path", None)
+            if path is not None and path != last:
+                self.files, last = self.files + 1, path
+            self.passages += 1
+            yield item
+
+    def __str__(self) -> str:
+        return f"{self.passages:,} passages from {self.files:,} file(s)"
+
+
+@dataclass
 class Session:
     """Streams and settings of one invocation, shared by the steps of a command."""
 
     quiet: bool
+    _stderr: Console | None  # Rich's console on stderr; None: made at the first message
     stdin: Stdin
     _live: bool = False  # a progress bar is showing: no spinner inside it
-    _stderr: Console | None = None
+    reading: Reading | None = None  # passages read so far, for a bar with no total
 
     @classmethod
     def start(cls, quiet: bool) -> Session:
         stream = getattr(sys.stdin, "buffer", None)
         is_tty = bool(sys.stdin is not None and sys.stdin.isatty())
-        return cls(quiet, Stdin(stream, is_tty))
+        return cls(quiet, None, Stdin(stream, is_tty))
 
     @property
     def stderr(self) -> Console:
@@ -442,25 +464,41 @@ class Session:
             embedder.close()
 
     @contextmanager
-    def progress(self, embedder: Embedder, total: int) -> Iterator[None]:
-        """A progress bar on stderr (texts, tokens/s, time left) for jobs worth one."""
-        if self.quiet or total < _PROGRESS_MIN_TEXTS or not self.stderr.is_terminal:
+    def progress(self, embedder: Embedder, total: int | None) -> Iterator[None]:
+        """A progress bar on stderr for jobs worth one: texts, tokens/s, time left. With no
+        total (passages, cut as they are embedded): passages and files read, time spent."""
+        # The size first: asking the console about the terminal makes one (rich.console).
+        small = total is not None and total < _PROGRESS_MIN_TEXTS
+        if self.quiet or small or not self.stderr.is_terminal:
             yield
             return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
+        if total is None:  # the bar pulses; what was read shows how far it got
+            count = "{task.fields[read]}, {task.completed:,} embedded"
+            count = count if self.reading else "{task.completed:,} texts"
+            time_column: Any = TimeElapsedColumn()
+        else:
+            count = "{task.completed:,}/{task.total:,} texts"
+            time_column = TimeRemainingColumn()
         tokens = [0]
         started = time.monotonic()
         with Progress(
             TextColumn("embedding"),
             BarColumn(),
-            TextColumn("{task.completed:,}/{task.total:,} texts"),
+            TextColumn(count),
             TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
+            time_column,
             console=self.stderr,
             transient=True,
         ) as bar:
-            task = bar.add_task("embed", total=total, rate="")
+            task = bar.add_task("embed", total=total, rate="", read=self.reading)
 
             def advance(texts: int, batch_tokens: int) -> None:
                 tokens[0] += batch_tokens
@@ -475,12 +513,25 @@ class Session:
                 embedder.progress = None
                 self._live = False
 
-    def report_truncated(self, embedder: Embedder, total: int) -> None:
-        if embedder.truncated:
+    def report_truncated(self, embedder: Embedder) -> None:
+        """How many texts were cut, queries and corpus texts counted apart."""
+        parts = [
+            f"{cut} of {texts} {_texts_of(role, texts)}"
+            for role, (cut, texts) in embedder.truncated_by_role.items()
+            if cut
+        ]
+        if parts:
             self.note(
-                f"[yellow]{embedder.truncated} of {total} text(s) were longer than "
-                f"{embedder.max_seq_length} tokens and were truncated[/] (see --max-seq-length)"
+                f"[yellow]{' and '.join(parts)} were longer than {embedder.max_seq_length} "
+                "tokens and were truncated[/] (see --max-seq-length)"
             )
+
+
+def _texts_of(role: str | None, count: int) -> str:
+    """What the texts of a role are called in the truncation note."""
+    if role == "query":
+        return "query" if count == 1 else "queries"
+    return "corpus text(s)" if role == "document" else "text(s)"
 
 
 def _input_spec(
@@ -526,7 +577,9 @@ def _passage_corpus(
 ) -> tuple[Iterator[Any], dict[str, int]]:
     """Text arguments as they are, files and folders as passages: checked now (sizes, names,
     an empty corpus), read as they are embedded. The skips are counted as the walk goes."""
-    splitter = passages.Splitter.for_embedder(embedder, options.tokens, options.overlap, prompt)
+    splitter = passages.Splitter.for_embedder(
+        embedder, options.tokens, options.overlap, prompt, warn=session.warn
+    )
     names = [*(text for text in spec.texts if text == "-"), *spec.files]
     plain = InputSpec(texts=[text for text in spec.texts if text != "-"])
     if not names and not plain.texts and session.stdin.piped:
@@ -539,9 +592,12 @@ def _passage_corpus(
         if options.verbose:
             session.note(f"skipped {what}")
 
-    items = itertools.chain(
-        iter_texts(plain),
-        splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
+    session.reading = Reading()
+    items = session.reading.count(
+        itertools.chain(
+            iter_texts(plain),
+            splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
+        )
     )
     first = next(items, None)
     if first is None:
@@ -694,15 +750,17 @@ def embed(
             items = found
         # Read, embed and write a chunk at a time: memory stays flat however long the input.
         with (
-            render.open_output(output, binary=fmt == "npy") as stream,
-            session.progress(embedder, expected or 0),
+            render.open_output(output, binary=render.FORMATS[fmt].binary) as stream,
+            session.progress(embedder, expected),
         ):
-            writer = render.EmbeddingsWriter(stream, fmt, embedder.name)
+            # What the vectors are, for the files similar --embeddings reads back.
+            meta = embedder.describe(**options)
+            writer = render.EmbeddingsWriter(stream, fmt, meta, path=output)
             for chunk in chunks(items):
                 writer.write(chunk, embedder.embed(chunk, **options))
             writer.close()
     session.report_skipped(skipped)
-    session.report_truncated(embedder, writer.count)
+    session.report_truncated(embedder)
 
 
 def _embed_on_ray(
@@ -875,14 +933,14 @@ def similar(
     with session.embedder(settings_of(ctx), total if corpus_size else None) as embedder:
         metric = metric or embedder.similarity_fn_name
         if stored is not None:
-            _check_stored(stored, embeddings, embedder, session)
+            _check_stored(stored, embeddings, embedder)
             corpus: Any = stored.texts
         elif split.on:
             prompt = embedder.prompt_text(role="document")
             corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt)
         else:
             corpus = found
-        with session.progress(embedder, total if corpus_size else 0):
+        with session.progress(embedder, None if split.on else total if corpus_size else 0):
             try:
                 results = embedder.similar_many(
                     query_texts,
@@ -891,6 +949,7 @@ def similar(
                     threshold=threshold,
                     metric=metric,
                     corpus_embeddings=stored.embeddings if stored else None,
+                    truncate_dim=(stored.meta or {}).get("truncate_dim") if stored else None,
                     distinct=_file_of if per_document else None,
                 )
             except SettingError as error:
@@ -899,8 +958,10 @@ def similar(
                 raise UsageError(
                     f"--embeddings {embeddings} {error.reason}: use the model that made them"
                 ) from None
+        if stored is not None:
+            _stored_notes(stored, embeddings, embedder, session)
     session.report_skipped(skipped)
-    session.report_truncated(embedder, total)
+    session.report_truncated(embedder)
     with render.open_output(output) as stream:
         render.write_hits(stream, fmt, query_texts, results, metric)
 
@@ -910,14 +971,32 @@ def _file_of(item: Any) -> str:
     return getattr(item, "path", None) or item.source
 
 
-def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
+def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder) -> None:
     """Saved embeddings must come from the model that embeds the queries."""
     if stored.model is not None and stored.model != embedder.name:
         raise UsageError(
             f"--embeddings {path} was made with model '{stored.model}', not "
             f"'{embedder.name}': pass -m {stored.model}"
         )
-    if embedder.prompts.get("document"):
+
+
+def _stored_notes(stored: SavedCorpus, path: str, embedder: Embedder, session: Session) -> None:
+    """What a person should know of saved embeddings that were scored (after the results)."""
+    meta = stored.meta
+    if meta is None:
+        session.note(
+            f"--embeddings {path} does not say how it was made (an older modernbert-cli): its "
+            "scores are right only for this model and settings"
+        )
+    elif meta.get("fingerprint"):
+        ours = embedder.describe(prompt=meta.get("prompt") or "")["fingerprint"]
+        if ours != meta["fingerprint"]:
+            session.warn(
+                f"--embeddings {path} was made from other model files or settings (dtype, "
+                "--max-seq-length, --quantize) than this run's: scores may differ a little"
+            )
+    document_prompt = embedder.prompts.get("document")
+    if document_prompt and (meta is None or meta.get("prompt") != document_prompt):
         session.note(
             f"model '{embedder.name}' has a document prompt; the saved embeddings should be "
             "made with: embed --prompt-name document"
@@ -1008,12 +1087,12 @@ def matrix(
             scores = embedder.pairwise(rows, columns, metric=metric)
         else:
             scores = embedder.matrix(rows, columns, metric=metric)
-    session.report_truncated(embedder, total)
-    with render.open_output(output, binary=fmt == "npy") as stream:
+    session.report_truncated(embedder)
+    with render.open_output(output, binary=render.FORMATS[fmt].binary) as stream:
         if pairwise:
             render.write_pairs(stream, fmt, rows, columns, scores)
         else:
-            render.write_matrix(stream, fmt, rows, columns if columns is not None else rows, scores)
+            render.write_matrix(stream, fmt, rows, columns, scores)
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -1257,7 +1336,7 @@ def _stop(session: Session, model: str | None) -> None:
 
 cache_app = typer.Typer(
     help="Show the embedding cache (where, how big, hits per model), or clear it.",
-    epilog=_examples("cache", "cache clear", "cache clear --model minilm"),
+    epilog=_examples("cache", "cache clear", "cache clear --model minilm", "cache clear --stale"),
     invoke_without_command=True,
     **_TYPER,
 )
@@ -1301,9 +1380,16 @@ def cache_clear(
             show_default=False,
         ),
     ] = None,
+    stale: Annotated[
+        bool,
+        typer.Option(
+            "--stale",
+            help="Only entries whose model files are gone or changed (never used again).",
+        ),
+    ] = False,
 ) -> None:
-    """Delete the cached embeddings (of every model, or of one)."""
-    _clear(Session.start(quiet=False), model)
+    """Delete the cached embeddings (of every model, or of one) and passages (all)."""
+    _clear(Session.start(quiet=False), model, stale)
 
 
 def _cache_info(session: Session) -> None:
@@ -1315,16 +1401,22 @@ def _cache_info(session: Session) -> None:
     render.write_cache_stats(sys.stdout, store.path, store.size_bytes(), models)
 
 
-def _clear(session: Session, model: str | None) -> None:
+def _clear(session: Session, model: str | None, stale: bool = False) -> None:
     from modernbert_cli.cache import EmbeddingCache, default_path
     from modernbert_cli.model import canonical_name
 
     store = EmbeddingCache(default_path(), warn=session.warn)
-    deleted = store.clear(canonical_name(model) if model else None)
+    deleted = store.clear(canonical_name(model) if model else None, stale=stale)
     if deleted is None:  # the file was damaged: it went whole
         session.note(f"deleted the damaged cache file {store.path} (every model's entries)")
     else:
-        session.note(f"deleted {deleted:,} cached embedding(s) from {store.path}")
+        whose = " whose model files are gone or changed" if stale else ""
+        session.note(f"deleted {deleted:,} cached embedding(s){whose} from {store.path}")
+    if model is None and not stale:
+        from modernbert_cli import split_cache
+
+        if split_cache.clear():  # passages are kept per tokenizer, not per model: all go
+            session.note(f"deleted the passage cache {split_cache.default_path()}")
 
 
 # --- running -----------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def runtime_dir() -> Path:
 def server_key(model: str, settings: dict[str, Any], fingerprint: str) -> str:
     """Which server can serve a command: same model, vector-changing settings and files.
 
-    ``fingerprint`` is :func:`modernbert_cli.model.fingerprint` of the model's folder,
+    ``fingerprint`` is :func:`modernbert_cli.cache.fingerprint` of the model's folder,
     name and ``settings``: new weights under the same path make a new key, so a server
     of the old weights is never asked (and its answers never cached as the new one's).
     """
@@ -305,13 +305,14 @@ class ServerClient:
         top_k: int | None,
         threshold: float | None,
         metric: str,
+        truncate_dim: int | None,
         cache: tuple[str, int] | None,
     ) -> dict[str, Any]:
         """The corpus ranked for each query by the server, which also asks the cache.
 
         ``cache``: the cache file and bound this command would use, or None. The reply
-        has ``hits`` (per query, ``[index, score]`` best first), ``truncated`` (how many
-        texts were cut at the token limit) and ``warnings`` (about the cache).
+        has ``hits`` (per query, ``[index, score]`` best first), ``by_role`` (``[role,
+        texts, truncated]`` for queries and documents) and ``warnings`` (about the cache).
         """
         reply = self.request(
             {
@@ -321,6 +322,7 @@ class ServerClient:
                 "top_k": top_k,
                 "threshold": threshold,
                 "metric": metric,
+                "truncate_dim": truncate_dim,
                 "cache": None if cache is None else {"path": cache[0], "max_bytes": cache[1]},
             }
         )

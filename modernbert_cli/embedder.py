@@ -19,6 +19,7 @@ server-backed run never pays for torch at all.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
@@ -103,7 +104,7 @@ class Embedder:
 
     def files_fingerprint(self) -> str:
         """The model's files (path, sizes, times) and the settings that change its vectors."""
-        from modernbert_cli.model import fingerprint
+        from modernbert_cli.cache import fingerprint
 
         if self._files.directory is None:  # a hub model: it may have been fetched since
             self._files = self._files.refreshed()
@@ -214,6 +215,12 @@ class Embedder:
         return self._encoder.truncated if self._encoder else 0
 
     @property
+    def truncated_by_role(self) -> dict[Role | None, tuple[int, int]]:
+        """Per role (``"query"``, ``"document"``, None): (texts truncated, texts embedded)."""
+        counts = self._encoder.by_role if self._encoder else {}
+        return {role: (cut, texts) for role, (texts, cut) in counts.items()}
+
+    @property
     def progress(self) -> ProgressFn | None:
         """Called as ``progress(texts, tokens)`` after each batch the model runs."""
         return self.encoder.progress
@@ -232,13 +239,15 @@ class Embedder:
 
         encode = self._options(**options)
         role = options.get("role")
+        # No dimensions: they would load the model, and the vectors themselves say.
         return {
             "model": self.name,
             "fingerprint": self.encoder.fingerprint(encode, role),
-            "dimensions": encode.truncate_dim or self.dimensions,
             "precision": encode.precision,
             "normalized": encode.normalize,
             "prompt": self.encoder.prompt_text(encode, role),
+            "prompt_name": encode.prompt_name,
+            "truncate_dim": encode.truncate_dim,
             "similarity": self.similarity_fn_name,
             **self.vector_settings(),
             "modernbert_cli": __version__,
@@ -309,6 +318,7 @@ class Embedder:
         threshold: float | None = None,
         metric: str | None = None,
         corpus_embeddings: np.ndarray | None = None,
+        truncate_dim: int | None = None,
         distinct: Callable[[Any], Hashable] | None = None,
     ) -> list[list[Hit]]:
         """For each query, the best corpus items; the corpus is embedded once, streamed.
@@ -317,18 +327,22 @@ class Embedder:
         (memory holds one chunk of it and the best ``top_k`` per query). With
         ``corpus_embeddings``, those rows are scored and ``corpus`` only labels them.
         ``distinct`` keeps only the best of items with the same key, e.g. one passage
-        per file: ``distinct=lambda passage: passage.path``.
+        per file: ``distinct=lambda passage: passage.path``. ``truncate_dim`` cuts queries
+        and corpus to that many dimensions (Matryoshka models).
         """
+        if threshold is not None and not math.isfinite(threshold):
+            # NaN compares false with every score: it would silently return nothing.
+            raise SettingError("threshold", "must be a finite number", threshold)
         metric = metric or self.similarity_fn_name
         if corpus_embeddings is None:
             if distinct is None:
                 answered, corpus = self._similar_on_server(
-                    queries, corpus, top_k, threshold, metric
+                    queries, corpus, top_k, threshold, metric, truncate_dim
                 )
                 if answered is not None:
                     return answered
             return rank(
-                lambda texts, role: self.embed(texts, role=role),
+                lambda texts, role: self.embed(texts, role=role, truncate_dim=truncate_dim),
                 _strings(queries),
                 corpus,
                 top_k=top_k,
@@ -338,7 +352,7 @@ class Embedder:
             )
         from modernbert_cli.scoring import TopK
 
-        query_vectors = self.embed(_strings(queries), role="query")
+        query_vectors = self.embed(_strings(queries), role="query", truncate_dim=truncate_dim)
         best = TopK(len(queries), metric, k=top_k, threshold=threshold, distinct=distinct)
         made, makes = corpus_embeddings.shape[1], query_vectors.shape[1]
         if made != makes:
@@ -356,6 +370,7 @@ class Embedder:
         top_k: int | None,
         threshold: float | None,
         metric: str,
+        truncate_dim: int | None,
     ) -> tuple[list[list[Hit]] | None, Iterable[Any]]:
         """The hits, when a warm server ranked the corpus (and asked the cache) for us.
 
@@ -393,19 +408,25 @@ class Embedder:
                 top_k=top_k,
                 threshold=threshold,
                 metric=metric,
+                truncate_dim=truncate_dim,
                 cache=where,
             )
             hits = [
                 [Hit(n, int(i), float(score), head[int(i)]) for n, (i, score) in enumerate(row, 1)]
                 for row in reply["hits"]
             ]
+            cut = [(role, int(texts), int(n)) for role, texts, n in reply.get("by_role") or []]
         except UnknownOp:
             return None, corpus
         except (ServerError, LookupError, TypeError, ValueError) as error:
             encoder.server = None
             self._note(f"{error}; working in-process instead")
             return None, corpus
-        encoder.truncated += int(reply.get("truncated") or 0)
+        for role, texts, n in cut:  # as if embedded here: the truncation note counts them
+            counts = encoder.by_role.setdefault(role, [0, 0])
+            counts[0] += texts
+            counts[1] += n
+            encoder.truncated += n
         for warning in reply.get("warnings") or []:
             self._warn(str(warning))
         if encoder.progress is not None:

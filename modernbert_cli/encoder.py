@@ -24,6 +24,8 @@ from modernbert_cli.engine import Engine, EngineOptions, ProgressFn, token_count
 from modernbert_cli.errors import SettingError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np
 
     from modernbert_cli.cache import EmbeddingCache
@@ -68,6 +70,8 @@ class Encoder:
     ) -> None:
         self.name = name
         self.truncated = 0  # texts cut at max_seq_length so far
+        # Per role (None: no role), texts embedded and how many of them were cut.
+        self.by_role: dict[Role | None, list[int]] = {}
         self.hits = 0  # texts found in the cache
         self.misses = 0  # texts the model embedded
         self.progress: ProgressFn | None = None
@@ -143,7 +147,7 @@ class Encoder:
         twin = copy.copy(self)
         twin.cache, twin.server, twin.progress = cache, server, None
         twin.truncated = twin.hits = twin.misses = 0
-        twin._ranges, twin._counts = {}, {}
+        twin.by_role, twin._ranges, twin._counts = {}, {}, {}
         return twin
 
     def check(self, options: EncodeOptions) -> None:
@@ -161,7 +165,7 @@ class Encoder:
         """Record this run's cache hits and misses (for ``modernbert-cli cache``)."""
         if self.cache is not None:
             for fingerprint, (hits, misses) in self._counts.items():
-                self.cache.record(fingerprint, self.name, hits, misses)
+                self.cache.record(fingerprint, self.name, hits, misses, self._folder())
             self.cache.close()
         if self.server is not None:
             self.server.close()
@@ -184,7 +188,11 @@ class Encoder:
         import numpy as np
 
         raw, truncated = self._raw(texts, options, role)
-        self.truncated += int(truncated.sum())
+        cut = int(truncated.sum())
+        self.truncated += cut
+        counts = self.by_role.setdefault(role, [0, 0])
+        counts[0] += len(texts)
+        counts[1] += cut
         if options.truncate_dim is not None:
             if not 1 <= options.truncate_dim <= raw.shape[1]:
                 raise SettingError(
@@ -221,7 +229,8 @@ class Encoder:
         if missing:
             vectors, cut = self._compute([texts[i] for i in missing], options, role)
             fresh = {keys[i]: (vectors[j], bool(cut[j])) for j, i in enumerate(missing)}
-            self.cache.store(fingerprint, self.name, [(k, v, c) for k, (v, c) in fresh.items()])
+            items = [(k, v, c) for k, (v, c) in fresh.items()]
+            self.cache.store(fingerprint, self.name, items, self._folder())
         else:
             fresh = {}
         if self.progress is not None and len(missing) < len(texts):
@@ -265,9 +274,13 @@ class Encoder:
         )
         return vectors, truncated
 
+    def _folder(self) -> Path | None:
+        """Where the model's files are (recorded with its cache entries)."""
+        return self.files.directory if self.files is not None else None
+
     def fingerprint(self, options: EncodeOptions, role: Role | None) -> str:
         """The cache key of the model as it runs now, with this prompt (and task)."""
-        from modernbert_cli.model import fingerprint
+        from modernbert_cli.cache import fingerprint
 
         files = self.files
         if files is not None and files.directory is None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from modernbert_cli import walk as walking
 from modernbert_cli.errors import InputError, UsageError
 
 STDIN = "-"
@@ -46,6 +47,7 @@ MAX_LINE_BYTES = 64 << 20
 MAX_DOCUMENT_BYTES = 256 << 20
 
 # How a file is read, by its suffix; any other file is lines, or one document.
+_PARQUET_SUFFIXES = (".parquet", ".pq")
 _SUFFIX_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 _NEWLINE = b"\n"  # for f-strings, which cannot hold a backslash before Python 3.12
 
@@ -412,6 +414,12 @@ def _checked_argument(text: str, where: str) -> str:
 def _iter_file(
     name: str, spec: InputSpec, stdin: Stdin, out: Inputs, claim: Claim
 ) -> Iterator[Text]:
+    if _suffix(name) in _PARQUET_SUFFIXES and os.path.isfile(name):
+        # Columnar and compressed: pyarrow reads it a row group at a time, by --column.
+        from modernbert_cli.parquet import iter_parquet_texts
+
+        yield from iter_parquet_texts(name, spec.column)
+        return
     stream, display, one_shot = _open_source(name, spec, stdin, claim)
     if stream is None:
         if not spec.documents:
@@ -674,7 +682,7 @@ def _parse_table(
         header = next(reader, None)
         if header is None:
             return
-        index = _column_index(header, column, name)
+        index = column_index(header, column, name)
         start = reader.line_num + 1  # a quoted field can span lines: point at the first
         for row in reader:
             where, start = f"{name}:{start}", reader.line_num + 1
@@ -692,7 +700,9 @@ def _parse_table(
         raise InputError(f"{name}:{reader.line_num}: malformed {kind} ({error})") from None
 
 
-def _column_index(header: list[str], column: str | None, name: str) -> int:
+def column_index(header: list[str], column: str | None, name: str) -> int:
+    """Which column of a CSV/TSV header holds the texts: ``--column`` NAME or N (from 1),
+    else the only one, else one named ``text``."""
     names = ", ".join(header)
     if column is None:
         if len(header) == 1:
@@ -711,33 +721,26 @@ def _column_index(header: list[str], column: str | None, name: str) -> int:
 
 
 def _iter_folder(root: Path, spec: InputSpec, out: Inputs) -> Iterator[Text]:
-    """Each text file under ``root`` is one document; hidden, binary, non-UTF-8 and
-    oversized files are skipped (with a count), each judged from its head and size
-    before it is read."""
-    for directory, subdirs, files in os.walk(root):
-        hidden = [d for d in subdirs if d.startswith(".")]
-        for d in hidden:
-            out.skip("hidden folder")
-            subdirs.remove(d)
-        subdirs.sort()
-        for file_name in sorted(files):
-            path = Path(directory, file_name)
-            if file_name.startswith("."):
-                out.skip("hidden")
-                continue
-            if not path.is_file():  # a FIFO would block, a device never end
-                out.skip("not a regular file")
-                continue
-            name = _shown(str(path))
-            try:
-                with _open(path, name) as stream:
-                    text = _read_document(stream, name, spec.max_document_bytes)
-            except _NotUsable as error:
-                out.skip(error.reason)
-                continue
-            except OSError as error:
-                raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
-            if text.strip():
-                yield Text(text.strip(), name)
-            else:
-                out.skip("empty")
+    """Each text file under ``root`` is one document, the files found as ripgrep finds
+    them (:func:`modernbert_cli.walk.walk`: .gitignore in a git work tree, no hidden or
+    binary files, no symbolic links); an oversized file is skipped (with a count), judged
+    by its size before it is read."""
+
+    def skip(skipped: walking.Skipped) -> None:
+        hidden_folder = skipped.folder and skipped.reason == walking.HIDDEN
+        out.skip("hidden folder" if hidden_folder else skipped.reason)
+
+    for path in walking.walk(root, on_skip=skip):
+        name = _shown(str(path))
+        try:
+            with _open(path, name) as stream:
+                text = _read_document(stream, name, spec.max_document_bytes)
+        except _NotUsable as error:
+            out.skip(error.reason)
+            continue
+        except OSError as error:
+            raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
+        if text.strip():
+            yield Text(text.strip(), name)
+        else:
+            out.skip("empty")

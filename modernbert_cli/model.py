@@ -127,29 +127,6 @@ class ModelFiles:
         return None
 
 
-def fingerprint(model_dir: Path | None, name: str, settings: dict[str, Any]) -> str:
-    """Everything that changes a vector: the model's files (path, size, mtime) and settings.
-
-    Rewriting the weights under the same path changes their size or time, and so the
-    fingerprint: an old vector is never served for a new model. (The embedding cache
-    keys on it, and the warm server's key holds it.)
-    """
-    import hashlib
-
-    files: list[tuple[str, int, int]] = []
-    if model_dir is not None:
-        for path in sorted(model_dir.rglob("*")):
-            if path.is_file() and not any(part.startswith(".") for part in path.parts[-2:]):
-                stat = path.stat()  # follows the hub cache's links to its blobs
-                files.append((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
-    payload = {
-        "model": str(model_dir.resolve()) if model_dir else name,
-        "files": files,
-        **settings,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
 def canonical_name(name: str) -> str:
     """The name recorded with saved embeddings: aliases expanded, local paths absolute."""
     if name == "minilm":
@@ -326,7 +303,7 @@ def load(spec: ModelSpec) -> Any:
     >>> model = load(ModelSpec("minilm", device="cpu"))  # doctest: +SKIP
     """
     resolved = resolve(spec.name)
-    device = pick_devices(spec.device)[0]  # the engine places replicas on the others
+    # Before the devices, which import torch: a model that cannot be had fails at once.
     if not resolved.is_local and not resolved.cached and not _hub_reachable():
         repo = resolved.location  # an alias names its hub id too: that is what to fetch
         shown = f"'{spec.name}'" + (f" ({repo})" if repo != spec.name else "")
@@ -334,15 +311,17 @@ def load(spec: ModelSpec) -> Any:
             f"model {shown} is not in the local Hugging Face cache and the hub cannot "
             f"be reached: {remedies(repo)}"
         )
+    device = pick_devices(spec.device)[0]  # the engine places replicas on the others
     quiet_libraries()
     from sentence_transformers import SentenceTransformer
 
     try:
         model = SentenceTransformer(
-            resolved.location,
+            # A fully cached hub model loads from its folder: by its id, huggingface_hub
+            # still asks the hub for its agent registry (a 3 s timeout offline).
+            str(resolved.snapshot) if resolved.cached else resolved.location,
             device=device,
             trust_remote_code=spec.trust_remote_code,
-            # A fully cached hub model loads without a network round trip per file.
             local_files_only=resolved.cached,
         )
     except Exception as error:  # sentence-transformers raises many kinds; all mean "cannot load"

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from modernbert_cli.errors import InputError, OutputError, UsageError
-from modernbert_cli.inputs import Text
+from modernbert_cli.inputs import Text, column_index
 from modernbert_cli.parquet import (
     MANIFEST,
     METADATA_KEY,
@@ -241,7 +241,7 @@ def _table_records(
             header = next(reader, None)
             if header is None:
                 return
-            source["column_index"] = _column_index(header, column, name)
+            source["column_index"] = column_index(header, column, name)
             source["header"] = header
         index, header = source["column_index"], source["header"]
         while True:
@@ -262,23 +262,6 @@ def _table_records(
     except csv.Error as error:
         at = line - 1 + reader.line_num
         raise InputError(f"{name}:{at}: malformed {kind} ({error})") from None
-
-
-def _column_index(header: list[str], column: str | None, name: str) -> int:
-    names = ", ".join(header)
-    if column is None:
-        if len(header) == 1:
-            return 0
-        if "text" in header:
-            return header.index("text")
-        raise InputError(f"{name}: several columns ({names}); choose one with --column")
-    if column in header:
-        return header.index(column)
-    if column.isdigit():
-        if 1 <= int(column) <= len(header):
-            return int(column) - 1
-        raise InputError(f"{name}: no column #{column}; --column counts from 1 to {len(header)}")
-    raise InputError(f"{name}: no column '{column}' (columns: {names})")
 
 
 # --- planning: which texts go in which part ------------------------------------------------

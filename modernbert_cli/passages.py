@@ -23,13 +23,18 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from modernbert_cli import walk as walking
 from modernbert_cli.errors import InputError, ModelError, UsageError
 from modernbert_cli.inputs import MAX_LINE_BYTES, STDIN, STDIN_NAME, Claim, InputSpec
+
+if TYPE_CHECKING:
+    from modernbert_cli.split_cache import SplitCache
 
 # The default passage size and overlap, in tokens (the size never above the model's
 # limit); chosen by benchmarks/passages.py: see the README's figures.
@@ -85,10 +90,7 @@ class Tokens:
         """The tokenizer of the sentence-transformers model in ``directory`` (no torch)."""
         file = _tokenizer_file(directory)
         if file is None:
-            raise ModelError(
-                f"model at {directory}: no tokenizer.json (a fast tokenizer), which "
-                "--passages needs to count tokens"
-            )
+            raise ModelError(_NO_TOKENIZER.format(directory))
         # Imported here: only passage splitting needs it (it comes with transformers).
         from tokenizers import Tokenizer
 
@@ -128,6 +130,9 @@ class Tokens:
 
 
 _WORD = re.compile(r"\w+|[^\w\s]")
+_NO_TOKENIZER = (
+    "model at {}: no tokenizer.json (a fast tokenizer), which --passages needs to count tokens"
+)
 
 
 def _separator_cost(spans: Tokenize) -> int:
@@ -191,18 +196,34 @@ def text_budget(
     return max(1, min(passage_tokens, limit - reserve))
 
 
-@dataclass(frozen=True)
+# Bump when a change to the code below changes where passages are cut or what they
+# hold: passages the split cache kept under another version are then cut afresh.
+SPLIT_VERSION = 1
+
+
+@dataclass
 class Splitter:
     """How one model's passages are cut: its tokenizer, a passage's text budget, the overlap.
+
+    The tokenizer is loaded on first need: files whose passages the split cache
+    (:mod:`modernbert_cli.split_cache`) kept need none, and are not read either.
 
     >>> splitter = Splitter.for_embedder(Embedder("minilm"))  # doctest: +SKIP
     >>> next(splitter.passages(["sample_inputs/notes"])).source  # doctest: +SKIP
     'sample_inputs/notes/bees.md:1-11'
     """
 
-    tokens: Tokens
-    size: int  # tokens of text per passage, the model's special tokens and prompt left out
+    load: Callable[[], Tokens]  # the tokenizer
+    budget: Callable[[Tokens], int]  # tokens of text per passage (special tokens, prompt out)
     overlap: int
+    # All that decides the cuts besides a file and the code: the split cache's key.
+    identity: dict[str, Any] = field(default_factory=dict)
+    cache: SplitCache | None = None
+
+    @classmethod
+    def fixed(cls, tokens: Tokens, size: int, overlap: int = 0) -> Splitter:
+        """A splitter of ``size``-token passages, with no cache."""
+        return cls(lambda: tokens, lambda _: size, overlap)
 
     @classmethod
     def for_embedder(
@@ -211,9 +232,12 @@ class Splitter:
         passage_tokens: int | None = None,
         overlap: int | None = None,
         prompt: str = "",
+        warn: Callable[[str], None] | None = None,
     ) -> Splitter:
         """Sizes checked against ``embedder``'s token limit (read from its files: no torch,
-        unless a hub model must be downloaded first); ``prompt`` is put before each text."""
+        unless a hub model must be downloaded first); ``prompt`` is put before each text.
+        Passages are kept in the split cache unless the embedder's ``cache`` is off;
+        ``warn`` hears of a cache that cannot be used."""
         limit = embedder.max_seq_length or None
         passage_tokens, overlap = check_sizes(passage_tokens, overlap, limit)
         files = embedder.encoder.files
@@ -224,8 +248,54 @@ class Splitter:
             files = ModelFiles.find(embedder.settings.model)
         if files.directory is None:
             raise ModelError(f"model '{embedder.name}': its files cannot be found")
-        tokens = Tokens.for_model(files.directory)
-        return cls(tokens, text_budget(passage_tokens, limit, tokens, prompt), overlap)
+        directory = files.directory
+        file = _tokenizer_file(directory)
+        if file is None:
+            raise ModelError(_NO_TOKENIZER.format(directory))
+        cache = None
+        if embedder.settings.cache:
+            from modernbert_cli import split_cache
+
+            # A quarter of the embeddings' bound: a passage's text is a tenth of its vector.
+            bound = max(16 << 20, (embedder.settings.cache_max_mb << 20) // 4)
+            cache = split_cache.SplitCache(split_cache.default_path(), bound, warn)
+        return cls(
+            lambda: Tokens.for_model(directory),
+            lambda tokens: text_budget(passage_tokens, limit, tokens, prompt),
+            overlap,
+            identity={
+                "tokenizer": _file_identity(file),
+                "tokenizers": _version("tokenizers"),
+                "passage_tokens": passage_tokens,
+                "limit": limit,
+                "prompt": prompt,
+            },
+            cache=cache,
+        )
+
+    @cached_property
+    def tokens(self) -> Tokens:
+        return self.load()
+
+    @cached_property
+    def size(self) -> int:
+        return self.budget(self.tokens)
+
+    def key(self, max_line_bytes: int = MAX_LINE_BYTES) -> str:
+        """What the split cache keeps passages under: everything that decides the cuts."""
+        import hashlib
+
+        payload = {
+            **self.identity,
+            "overlap": self.overlap,
+            "max_line_bytes": max_line_bytes,
+            "version": SPLIT_VERSION,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
 
     def passages(
         self,
@@ -234,10 +304,116 @@ class Splitter:
         stdin: Any = None,
         max_line_bytes: int = MAX_LINE_BYTES,
     ) -> Iterator[Passage]:
-        """The passages of the files and folders named (see :func:`iter_passages`)."""
-        return iter_passages(
-            names, self.tokens, self.size, self.overlap, on_skip, stdin, max_line_bytes
-        )
+        """The passages of each file named, and of each text file under each folder named.
+
+        A named file must be UTF-8 text (an error names the line otherwise); files found
+        in a folder are filtered as :func:`modernbert_cli.walk.walk` says, and skips
+        reported. ``-`` names standard input (``stdin``, an
+        :class:`~modernbert_cli.inputs.Stdin`). A line over ``max_line_bytes`` is an
+        error (a guard against endless input).
+        """
+        skip = on_skip or (lambda skipped: None)
+        key = self.key(max_line_bytes) if self.cache is not None and self.identity else None
+        try:
+            for position, name in enumerate(names):
+                path = Path(name)
+                if str(name) == STDIN:
+                    yield from self._stdin(stdin, position, max_line_bytes)
+                elif path.is_dir():
+                    for file in walking.walk(path, skip):
+                        yield from self._file(file, skip, max_line_bytes, key, strict=False)
+                else:
+                    yield from self._file(path, skip, max_line_bytes, key, strict=True)
+        finally:
+            self.close()
+
+    def _stdin(self, stdin: Any, position: int, max_line_bytes: int) -> Iterator[Passage]:
+        if stdin is None:
+            raise InputError(f"{STDIN_NAME}: there is no standard input to read")
+        claim = Claim(f"-i {STDIN}", position)
+        with stdin.open(claim, InputSpec(max_line_bytes=max_line_bytes)) as stream:
+            lines = read_lines(stream, STDIN_NAME, max_line_bytes=max_line_bytes)
+            yield from split_lines(lines, self.tokens, self.size, self.overlap, STDIN_NAME)
+
+    def _file(
+        self,
+        path: Path,
+        skip: walking.OnSkip,
+        max_line_bytes: int,
+        key: str | None,
+        *,
+        strict: bool,
+    ) -> Iterator[Passage]:
+        """A file's passages: as kept by the cache when the file is unchanged, else cut."""
+        cache = self.cache if key is not None else None
+        given = 0
+        entry = cache.find(key, path) if cache is not None and key is not None else None
+        if cache is not None and entry is not None:
+            from modernbert_cli.split_cache import Damaged
+
+            try:
+                for start, end, text in cache.read(entry):
+                    yield Passage(str(path), start, end, text)
+                    given += 1
+            except Damaged:
+                pass  # cut afresh below, leaving out the passages already given
+            else:
+                if not entry.passages:
+                    skip(walking.Skipped(path, walking.EMPTY))
+                return
+        try:
+            stream = path.open("rb")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except OSError as error:
+            if not strict:
+                skip(walking.Skipped(path, f"{walking.UNREADABLE} ({error.strerror or error})"))
+                return
+            raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
+        found = 0
+        with stream, _keeping(cache, key, path, stream) as (reading, keep):
+            lines = read_lines(reading, str(path), strict=strict, max_line_bytes=max_line_bytes)
+            for passage in split_lines(lines, self.tokens, self.size, self.overlap, str(path)):
+                found += 1
+                if keep is not None:
+                    keep.add(passage.start, passage.end, passage.text)
+                if found > given:
+                    yield passage
+            if keep is not None:
+                keep.finish(reading.digest())
+        if not found:
+            skip(walking.Skipped(path, walking.EMPTY))
+
+
+@contextmanager
+def _keeping(
+    cache: SplitCache | None, key: str | None, path: Path, stream: BinaryIO
+) -> Iterator[tuple[Any, Any]]:
+    """(the stream to read, a cache writer) for a file being cut; the stream itself and
+    None without a cache."""
+    if cache is None or key is None:
+        yield stream, None
+        return
+    from modernbert_cli.split_cache import HashingReader
+
+    with cache.writer(key, path, stream) as keep:
+        yield HashingReader(stream), keep
+
+
+def _file_identity(path: Path) -> list[Any]:
+    """A file as the key of what was made from it: where it really is, its size and time."""
+    real = path.resolve()  # the hub cache's link to a content-addressed blob
+    status = real.stat()
+    return [str(real), status.st_size, status.st_mtime_ns]
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return ""
 
 
 def check_names(names: Iterable[str | Path], max_line_bytes: int = MAX_LINE_BYTES) -> None:
@@ -267,58 +443,10 @@ def iter_passages(
     stdin: Any = None,
     max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[Passage]:
-    """The passages of each file named, and of each text file under each folder named.
-
-    A named file must be UTF-8 text (an error names the line otherwise); files found in a
-    folder are filtered as :func:`modernbert_cli.walk.walk` says, and skips reported.
-    ``-`` names standard input (``stdin``, an :class:`~modernbert_cli.inputs.Stdin`). A
-    line over ``max_line_bytes`` is an error (a guard against endless input).
-    """
-    skip = on_skip or (lambda skipped: None)
-    sizes = (tokens, size, overlap, skip, max_line_bytes)
-    for position, name in enumerate(names):
-        path = Path(name)
-        if str(name) == STDIN:
-            if stdin is None:
-                raise InputError(f"{STDIN_NAME}: there is no standard input to read")
-            claim = Claim(f"-i {STDIN}", position)
-            with stdin.open(claim, InputSpec(max_line_bytes=max_line_bytes)) as stream:
-                lines = read_lines(stream, STDIN_NAME, max_line_bytes=max_line_bytes)
-                yield from split_lines(lines, tokens, size, overlap, STDIN_NAME)
-        elif path.is_dir():
-            for file in walking.walk(path, skip):
-                yield from _file_passages(file, *sizes, strict=False)
-        else:
-            yield from _file_passages(path, *sizes, strict=True)
-
-
-def _file_passages(
-    path: Path,
-    tokens: Tokens,
-    size: int,
-    overlap: int,
-    skip: walking.OnSkip,
-    max_line_bytes: int,
-    *,
-    strict: bool,
-) -> Iterator[Passage]:
-    try:
-        stream = path.open("rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as error:
-        if not strict:
-            skip(walking.Skipped(path, f"{walking.UNREADABLE} ({error.strerror or error})"))
-            return
-        raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
-    found = False
-    with stream:
-        lines = read_lines(stream, str(path), strict=strict, max_line_bytes=max_line_bytes)
-        for passage in split_lines(lines, tokens, size, overlap, str(path)):
-            found = True
-            yield passage
-    if not found:
-        skip(walking.Skipped(path, walking.EMPTY))
+    """The passages of the files and folders named (see :meth:`Splitter.passages`), cut
+    with ``tokens`` to ``size`` tokens, no cache."""
+    splitter = Splitter.fixed(tokens, size, overlap)
+    return splitter.passages(names, on_skip, stdin, max_line_bytes)
 
 
 def read_lines(

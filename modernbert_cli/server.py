@@ -340,6 +340,9 @@ class Backend:
             raise ValueError("'top_k' must be null or a whole number from 1")
         if threshold is not None and type(threshold) not in (int, float):
             raise ValueError("'threshold' must be null or a number")
+        truncate_dim = message.get("truncate_dim")
+        if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
+            raise ValueError("'truncate_dim' must be null or a whole number from 1")
         where = message.get("cache")
         warnings: list[str] = []
         cache = None
@@ -348,10 +351,11 @@ class Backend:
             if not isinstance(path, str) or type(bound) is not int:
                 raise ValueError("'cache' must be null or {path: string, max_bytes: integer}")
             cache = EmbeddingCache(Path(path), bound, warn=warnings.append)
+        options = EncodeOptions(truncate_dim=truncate_dim)
         encoder = self.encoder.sharing(cache, _Model(self, gone))
         try:
             hits = rank(
-                lambda texts, role: encoder.encode(texts, EncodeOptions(), role=role),
+                lambda texts, role: encoder.encode(texts, options, role=role),
                 queries,
                 corpus,
                 top_k=top_k,
@@ -362,7 +366,8 @@ class Backend:
             encoder.close()  # records the cache's hits and misses, as the client would
         return {
             "hits": [[[hit.index, hit.score] for hit in row] for row in hits],
-            "truncated": encoder.truncated,
+            # Per role, in the order embedded: [role, texts, truncated] (the client's note).
+            "by_role": [[role, *counts] for role, counts in encoder.by_role.items()],
             "warnings": warnings,
         }
 

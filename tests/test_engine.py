@@ -9,7 +9,6 @@ random ModernBERT and on the pretrained minilm, against ``encode`` to 1e-5.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -455,11 +454,9 @@ def test_compile_decision(device, mode, expected_texts, compiled):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own
 def test_compile_on_cpu_gives_the_same_numbers(cli, tmp_path, tiny_model, expected, encoders):
     """torch.compile on a CPU works: ≈ 22 s with a cold inductor cache, 8 s warm (2 cores)."""
-    started = time.monotonic()
     vectors = embed_npy(
         cli, tmp_path, "-m", tiny_model, "--compile", "on", "--max-batch-tokens", "512"
     )
-    print(f"--compile on took {time.monotonic() - started:.1f} s")
     assert [e.engine.compiled for e in encoders] == [True]
     assert_allclose(vectors, expected["tiny"], atol=1e-4, rtol=0)
 

@@ -347,6 +347,40 @@ def test_documents_folder_and_file_together(embed, folder, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("work_tree", [True, False], ids=["git", "plain"])
+def test_documents_folder_honours_gitignore_in_a_work_tree(embed, tmp_path, work_tree):
+    """As ripgrep: .gitignore counts inside a git work tree; elsewhere it is a hidden file."""
+    root = tmp_path / "repo"
+    (root / "build").mkdir(parents=True)
+    if work_tree:
+        (root / ".git").mkdir()
+    (root / ".gitignore").write_text("build/\n*.log\n")
+    (root / "keep.md").write_text("kept\n")
+    (root / "debug.log").write_text("a log\n")
+    (root / "build" / "out.txt").write_text("built\n")
+    records, result = embed("--documents", "-i", str(root))
+    sources = [r["source"] for r in records]
+    if work_tree:
+        assert sources == [str(root / "keep.md")]
+        assert "2 ignored by .gitignore" in result.stderr
+    else:
+        assert sources == [str(root / n) for n in ("debug.log", "keep.md", "build/out.txt")]
+        assert "ignored" not in result.stderr
+
+
+def test_documents_folder_skips_symbolic_links(embed, tmp_path):
+    """A link is not followed (as ripgrep without -L): it may loop or leave the folder."""
+    root = tmp_path / "notes"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "outside.txt").write_text("outside the folder\n")
+    (root / "a.md").write_text("inside\n")
+    (root / "link.md").symlink_to(tmp_path / "outside.txt")
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    records, result = embed("--documents", "-i", str(root))
+    assert [r["source"] for r in records] == [str(root / "a.md")]
+    assert "2 symbolic link" in result.stderr
+
+
 def test_folder_without_documents_is_an_input_error(fails, folder):
     stderr = fails("-i", str(folder))
     assert str(folder) in stderr

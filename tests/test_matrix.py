@@ -151,6 +151,8 @@ def test_missing_against_file_is_an_input_error(cli, tiny_model, tmp_path, no_mo
 
 
 def test_list_format(cli, st_minilm_hayden):
+    """The notes' layout: each text, then every text (itself too) in input order, each cut
+    at 100 characters and followed by "..." however short."""
     result = cli("matrix", "-m", "minilm", "-i", str(HAYDEN), "--format", "list")
 
     assert result.code == ExitStatus.OK
@@ -161,17 +163,18 @@ def test_list_format(cli, st_minilm_hayden):
     for i, block in enumerate(blocks):
         head, *items = block.split("\n")
         assert head == HAYDEN_LINES[i]  # each sentence, in full
-        others = [j for j in range(4) if j != i]
-        assert len(items) == 3  # one line per other sentence, in input order
-        for j, item in zip(others, items, strict=True):
+        assert len(items) == 4  # one line per sentence, itself included, in input order
+        for j, item in enumerate(items):
             match = re.fullmatch(r" - (-?\d\.\d{4}): (.*)", item)
             assert match, item
-            text = HAYDEN_LINES[j]
-            cut = text if len(text) <= 100 else text[:100] + "..."
-            assert match[2] == cut
+            assert match[2] == HAYDEN_LINES[j][:100] + "..."
             assert abs(float(match[1]) - st_minilm_hayden[i, j]) <= 5e-5 + 1e-5
+        assert items[i].startswith(" - 1.0000: ")
+    assert "what county is hayden in\n - 1.0000: what county is hayden in...\n" in result.stdout
     assert "\n - 0.8454: Hayden is a city in Kootenai County" in result.stdout
-    assert " - -0.0394: organization name\n" in result.stdout  # short: no "..."
+    assert " - -0.0394: organization name...\n" in result.stdout  # short: "..." all the same
+    long = HAYDEN_LINES[2]
+    assert len(long) > 100 and f": {long[:100]}...\n" in result.stdout
 
 
 def test_list_format_with_against_lists_every_column(cli, tiny_model):
@@ -185,8 +188,8 @@ def test_list_format_with_against_lists_every_column(cli, tiny_model):
     for block in blocks:
         items = block.split("\n")[1:]
         assert len(items) == 4
-        assert items[0].endswith(": what county is hayden in")
-        assert items[1].endswith("...") and items[3].endswith(": organization name")
+        assert items[0].endswith(": what county is hayden in...")
+        assert items[3].endswith(": organization name...")
 
 
 def test_tsv_format(cli, tiny_model):
@@ -340,8 +343,9 @@ def test_pairwise_from_a_tsv_file_defaults_to_tsv_lines(cli, st_minilm):
 
     assert result.code == ExitStatus.OK
     assert result.stderr == ""
-    lines = result.stdout.splitlines()
-    assert len(lines) == len(PAIR_ROWS) == 12  # no header
+    header, *lines = result.stdout.splitlines()
+    assert header == "score\ta\tb"  # as every CSV and TSV here has
+    assert len(lines) == len(PAIR_ROWS) == 12
     fields = [line.split("\t") for line in lines]
     assert all(len(f) == 3 for f in fields)
     assert [[a, b] for _, a, b in fields] == PAIR_ROWS
@@ -374,7 +378,7 @@ def test_pairwise_with_against_pairs_line_by_line(cli, tiny_model, st_tiny, tmp_
     result = cli("matrix", "-m", tiny_model, *left, "--against", against, "--pairwise")
 
     assert result.code == ExitStatus.OK
-    fields = [line.split("\t") for line in result.stdout.splitlines()]
+    fields = [line.split("\t") for line in result.stdout.splitlines()[1:]]
     assert [(a, b) for _, a, b in fields] == list(zip(left, right, strict=True))
     expected = st_tiny.similarity_pairwise(st_tiny.encode(left), st_tiny.encode(right))
     assert_allclose([float(s) for s, _, _ in fields], expected.numpy(), atol=1e-5)
@@ -403,3 +407,15 @@ def test_pairwise_needs_a_two_column_file(cli, tiny_model, tmp_path, no_model):
     result = cli("matrix", "-m", tiny_model, "--pairwise", "-i", str(HAYDEN))
 
     assert_error(result, ExitStatus.INPUT, "--pairwise")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_pairwise_csv_and_tsv_start_with_a_header(cli, tiny_model, fmt):
+    """A reader that takes the first row as the header (pandas, csvkit) gets every pair."""
+    result = cli("matrix", "-m", tiny_model, "--pairwise", "-i", str(PAIRS), "-f", fmt, "-q")
+
+    assert result.code == ExitStatus.OK
+    delimiter = "," if fmt == "csv" else "\t"
+    records = list(csv.DictReader(io.StringIO(result.stdout), delimiter=delimiter))
+    assert [[r["a"], r["b"]] for r in records] == PAIR_ROWS
+    assert all(-1 <= float(r["score"]) <= 1 for r in records)

@@ -4,14 +4,17 @@ devices, and every way a model can be missing (one line, exit 4, fast)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import time
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
 import pytest
-from conftest import TINY_MAX_SEQ_LENGTH, run_subprocess
+from conftest import ROOT, TINY_MAX_SEQ_LENGTH
 
 from modernbert_cli import model
 from modernbert_cli.errors import ExitStatus, ModelError
@@ -134,6 +137,27 @@ def test_hub_aliases_offline_fail_with_remedies(
 
 # --- model unavailable: one line, exit 4, fast, in a real process -----------------------
 
+# Runs the CLI in a real process and reports what would make it slow: connections it
+# tried (socket.create_connection, as huggingface_hub's requests do too) and the heavy
+# libraries it imported (loading a model, and with it the hub's retries, needs them).
+UNAVAILABLE_PROBE = """
+import json, socket, sys
+connections = []
+real = socket.create_connection
+
+def create_connection(address, timeout=None, *args, **kwargs):
+    connections.append([address[0], address[1], timeout])
+    return real(address, timeout, *args, **kwargs)
+
+socket.create_connection = create_connection
+from modernbert_cli.cli import run
+
+code = int(run(json.loads(sys.argv[1])))
+heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)
+with open(sys.argv[2], "w") as report:
+    json.dump({"code": code, "connections": connections, "heavy": heavy}, report)
+"""
+
 
 @pytest.mark.parametrize(
     "case", ["offline-empty-cache", "hub-unreachable", "no-such-path", "not-a-model", "a-file"]
@@ -141,6 +165,8 @@ def test_hub_aliases_offline_fail_with_remedies(
 def test_unavailable_model_fails_fast_with_remedies(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str
 ) -> None:
+    """What makes it fast, not how fast it was: no torch, no model load, no connection
+    but (with the hub allowed) one probe with a short timeout, never the hub's retries."""
     env = {}
     name = model.DEFAULT_MODEL
     if case == "hub-unreachable":
@@ -157,35 +183,56 @@ def test_unavailable_model_fails_fast_with_remedies(
     args = ["embed", "hello"]  # the default model, unless a path is the case
     if name != model.DEFAULT_MODEL:
         args += ["--model", name]
-    start = time.monotonic()
-    result = run_subprocess(args, env=env)
-    elapsed = time.monotonic() - start
+    report_file = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-c", UNAVAILABLE_PROBE, json.dumps(args), str(report_file)],
+        capture_output=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     stderr = result.stderr.decode()
-    assert result.returncode == ExitStatus.MODEL == 4, stderr
+    assert result.returncode == 0, stderr
+    report = json.loads(report_file.read_text())
+    assert report["code"] == ExitStatus.MODEL == 4, stderr
     assert result.stdout == b""
     assert_model_error(stderr, name)
-    assert elapsed < 10, f"took {elapsed:.1f}s"
+    assert report["heavy"] == []
+    if case == "hub-unreachable":
+        assert report["connections"] == [["127.0.0.1", 9, model._HUB_PROBE_TIMEOUT_S]]
+        assert model._HUB_PROBE_TIMEOUT_S <= 5
+    else:
+        assert report["connections"] == []
 
 
 def test_hub_id_in_the_cache_loads_without_network(
-    cli, monkeypatch: pytest.MonkeyPatch, offline_env: Path, tiny_model: str
+    cli, monkeypatch: pytest.MonkeyPatch, empty_hub_cache: Path, tiny_model: str
 ) -> None:
-    """A hub id whose files are in $HF_HOME/hub loads with the hub unreachable."""
+    """A hub id whose files are in $HF_HOME/hub loads with the hub allowed but never
+    asked: not one connection is tried (in-process, so that every one is seen)."""
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = offline_env / "hub" / "models--testorg--tiny"
+    repo = empty_hub_cache / "models--testorg--tiny"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(tiny_model, repo / "snapshots" / commit)
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    result = run_subprocess(
-        ["embed", "hello", "-m", "testorg/tiny"], env={"HF_ENDPOINT": "http://127.0.0.1:9"}
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    (cached,) = jsonl(result.stdout.decode())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    tried: list[object] = []
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        tried.append(args)
+        raise OSError("this test allows no connection")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    result = cli("embed", "hello", "-m", "testorg/tiny")
+    assert result.code == 0, result.stderr
+    assert tried == []
+    (cached,) = jsonl(result.stdout)
     assert cached["model"] == "testorg/tiny"
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (local,) = jsonl(cli("embed", "hello", "-m", tiny_model).stdout)
     np.testing.assert_allclose(cached["embedding"], local["embedding"], rtol=1e-5, atol=1e-6)
 

@@ -237,3 +237,42 @@ def test_a_folder_without_a_manifest_or_with_a_stranger_part_is_refused(tmp_path
     (folder / "manifest.json").unlink()
     with pytest.raises(InputError, match=r"a folder without manifest\.json"):
         read_embeddings(str(folder))
+
+
+# --- through the command line ------------------------------------------------------------
+
+
+def test_embed_to_parquet_reads_back_with_pandas(cli, tiny_model, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "out.parquet"
+    args = ["embed", "a cat", "a dog", "-m", tiny_model, "--device", "cpu"]
+    result = cli(*args, "-o", str(out), "--precision", "int8")
+    assert result.code == 0, result.stderr
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == ["text", "source", "embedding"]
+    assert list(frame.text) == ["a cat", "a dog"]
+    assert list(frame.source) == ["<arg>:1", "<arg>:2"]
+    assert frame.embedding[0].dtype == np.int8
+    meta = json.loads(pq.read_schema(out).metadata[b"modernbert_cli"])
+    assert meta["precision"] == "int8"
+    assert meta["fingerprint"]  # which model files and settings made them
+    jsonl = cli(*args, "-f", "jsonl", "--precision", "int8")
+    expected = [json.loads(line)["embedding"] for line in jsonl.stdout.splitlines()]
+    assert [list(e) for e in frame.embedding] == expected
+    stdout = cli(*args, "-f", "parquet")
+    assert stdout.code == 2 and "give a file with -o FILE.parquet" in stdout.stderr
+
+
+def test_parquet_input_by_column(cli, tiny_model, tmp_path):
+    source = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "body": ["a cat", None, "a dog"]}), source)
+    result = cli("embed", "-i", str(source), "--column", "body", "-m", tiny_model, "-f", "jsonl")
+    assert result.code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["text"], r["source"]) for r in records] == [
+        ("a cat", f"{source}:1"),
+        ("a dog", f"{source}:3"),
+    ]
+    missing = cli("embed", "-i", str(source), "--column", "nope", "-m", tiny_model)
+    assert missing.code == 3 and "nope" in missing.stderr and "body" in missing.stderr

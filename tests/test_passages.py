@@ -798,3 +798,38 @@ def test_a_line_over_max_line_bytes_is_an_error(cli, no_model, tiny_model, tmp_p
     assert_error(result, 3, "doc.txt:2", "50 bytes", "--max-line-bytes")
     with pytest.raises(InputError, match=r":2: a line longer than 50 bytes"):
         list(iter_passages([tmp_path], WORDS, size=64, max_line_bytes=50))
+
+
+# A progress bar with no total ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
+def test_passages_progress_counts_what_was_read_without_a_total(terminal: bool):
+    """How many passages there are is known only once they are cut: the bar shows the
+    passages and files read, what was embedded, the rate and the time spent; only on a
+    terminal."""
+    import io
+
+    from rich.console import Console
+
+    from modernbert_cli.cli import Reading, Session
+
+    class FakeEmbedder:
+        progress = None
+
+    stderr = io.StringIO()
+    session = Session(False, Console(file=stderr, force_terminal=terminal, width=140), None)
+    session.reading = Reading()
+    texts = [Passage("a.md", 1, 2, "x"), Passage("a.md", 3, 4, "y"), Passage("b.md", 1, 1, "z")]
+    embedder = FakeEmbedder()
+    with session.progress(embedder, None):
+        assert list(session.reading.count(texts)) == texts
+        if terminal:
+            embedder.progress(2, 40)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stderr.getvalue())
+    if terminal:
+        assert "3 passages from 2 file(s), 2 embedded" in shown
+        assert "tokens/s" in shown and "0:00:0" in shown  # time spent, not time left
+        assert "/" not in shown.split("embedding")[-1].split("tokens/s")[0]  # no total
+    else:
+        assert shown == "" and embedder.progress is None

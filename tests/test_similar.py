@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_error
+from conftest import TINY_MAX_SEQ_LENGTH, assert_error
 from numpy.testing import assert_allclose
 
 from modernbert_cli.errors import ExitStatus
@@ -364,9 +364,19 @@ def test_saved_jsonl_of_another_model_is_a_usage_error_naming_it(cli, tiny_model
     assert_error(result, ExitStatus.USAGE, "'minilm'", "-m minilm")
 
 
-def test_saved_npy_of_another_dimension_is_a_usage_error(cli, tiny_model, tmp_path):
+def test_saved_npy_of_another_model_is_a_usage_error_naming_it(cli, tiny_model, tmp_path):
+    """The array's description (c.npy.json) names the model that made it."""
     saved = tmp_path / "c.npy"
     assert cli("embed", "-m", tiny_model, "-i", str(HAYDEN), "-q", "-o", str(saved)).code == 0
+
+    result = cli("similar", "-m", "minilm", QUERY, "--embeddings", str(saved), "-i", str(HAYDEN))
+
+    assert_error(result, ExitStatus.USAGE, f"'{tiny_model}'", "'minilm'")
+
+
+def test_saved_npy_of_another_dimension_is_a_usage_error(cli, tmp_path):
+    saved = tmp_path / "c.npy"
+    np.save(saved, np.ones((4, 32), dtype=np.float32))  # an old file: no description
 
     result = cli("similar", "-m", "minilm", QUERY, "--embeddings", str(saved), "-i", str(HAYDEN))
 
@@ -500,6 +510,26 @@ def test_documents_rank_files_with_their_paths_as_sources(cli):
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
 
 
+def test_the_truncation_note_counts_corpus_texts_and_queries_apart(cli, tiny_model, tmp_path):
+    """`--documents` said "5 of 6 text(s) truncated": the query was counted as a text."""
+    result = cli("similar", "-m", tiny_model, "volcanoes", "--documents", "-i", str(NOTES))
+    assert result.code == ExitStatus.OK, result.stderr
+    limit = TINY_MAX_SEQ_LENGTH
+    assert result.stderr == (
+        f"modernbert-cli: 5 of 5 corpus text(s) were longer than {limit} tokens and were "
+        "truncated (see --max-seq-length)\n"
+    )
+
+    queries = tmp_path / "queries.txt"
+    queries.write_text(f"short\n{' '.join(['volcano'] * 300)}\n")
+    both = cli("similar", "-m", tiny_model, "--queries", str(queries), "-i", str(NOTES / "bees.md"))
+    assert both.code == ExitStatus.OK, both.stderr
+    assert both.stderr == (
+        f"modernbert-cli: 1 of 2 queries were longer than {limit} tokens and were "
+        "truncated (see --max-seq-length)\n"
+    )
+
+
 def test_folder_without_documents_is_an_input_error(cli, tiny_model):
     result = cli("similar", "-m", tiny_model, "q", "-i", str(NOTES))
 
@@ -582,3 +612,25 @@ def test_query_prompts_are_used_for_every_query_of_a_file(cli, prompted_model, t
     for hit in records(result.stdout):
         i, j = queries.index(hit["query"]), corpus.index(hit["text"])
         assert_allclose(hit["score"], expected[i, j].item(), atol=1e-5)
+
+
+def test_table_cuts_a_long_source_in_the_middle_keeping_the_file_name(cli, tiny_model, tmp_path):
+    folder = tmp_path / "a-folder-with-a-rather-long-name" / "and-another-one-below-it"
+    folder.mkdir(parents=True)
+    corpus = folder / "volcanoes.txt"
+    corpus.write_text("lava flows downhill\nbees make honey\n")
+
+    result = cli("similar", "-m", tiny_model, "lava", "-i", str(corpus), "-f", "table")
+
+    assert result.code == ExitStatus.OK
+    rows = [line for line in result.stdout.splitlines() if "lava flows" in line]
+    assert len(rows) == 1
+    assert re.search(r"│ /\S*…/volcanoes\.txt:1 +│$", rows[0]), rows[0]
+    assert all(len(line) <= 100 for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(cli, tiny_model, no_model, value):
+    """NaN compares false with every score: it used to give no results and exit 0."""
+    result = cli("similar", "-m", tiny_model, "q", "a", "b", "--threshold", value)
+    assert_error(result, ExitStatus.USAGE, f"--threshold {float(value)}: must be a finite number")

@@ -124,7 +124,8 @@ def test_npy_in_chunks_equals_one_chunk(cli, tiny_model, texts_file, monkeypatch
     assert chunked.dtype == np.float32
     assert_allclose(chunked, whole, atol=1e-6, rtol=0)
     assert_array_equal(np.load("chunked.npy", mmap_mode="r"), chunked)
-    assert sorted(p.name for p in Path().iterdir()) == ["chunked.npy", "texts.txt", "whole.npy"]
+    names = ["chunked.npy", "chunked.npy.json", "texts.txt", "whole.npy", "whole.npy.json"]
+    assert sorted(p.name for p in Path().iterdir()) == names  # no temporary files
 
 
 def test_jsonl_in_chunks_keeps_order_and_sources(both, texts_file):

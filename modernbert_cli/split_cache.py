@@ -1,0 +1,565 @@
+"""Passages already cut, kept per file: an unchanged file is neither read nor tokenised again.
+
+Cutting a file into passages runs the tokenizer over every line (about 1 MB of text
+a second on one CPU core, measured by ``benchmarks/passages_speed.py``): over a large
+folder, far more than a query over cached embeddings costs. So each file's passages
+are kept in a SQLite file of their own, ``passages.sqlite3`` beside the embedding
+cache, under a *key* naming all that decides the cuts besides the file (tokenizer,
+sizes, prompt, the splitting code's version: see
+:meth:`modernbert_cli.passages.Splitter.key`).
+
+Whether a file is unchanged is decided as git decides it for its index:
+
+- size, mtime, ctime, inode and device as stored: unchanged, and the file is not read;
+- any of them changed but the size: its bytes are hashed (BLAKE2b, a hundred times
+  cheaper than tokenising) and compared with the digest of what was cut; a ``touch``
+  or a checkout costs one read, not a tokenisation;
+- a file that had changed within two seconds of being cut is *racy* (a write in the
+  same clock tick leaves its times alone): its digest is checked on every use until
+  it is older than that.
+
+Passages are stored zlib-compressed a chunk of about 1 MB of text at a time, so that
+neither cutting nor reading back holds a whole file. The file is bounded (least
+recently used files go first). One that cannot be opened, or a damaged entry, costs
+one warning; the passages are then cut as if there were no cache.
+
+>>> cache = SplitCache(Path("/tmp/passages.sqlite3"))  # doctest: +SKIP
+>>> cache.find("key", Path("notes.md")) is None  # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from modernbert_cli.cache import _make_private
+from modernbert_cli.cache import default_path as embeddings_path
+
+CACHE_FILE = "passages.sqlite3"
+DEFAULT_MAX_BYTES = 512 << 20
+
+# A file whose times lie this close to the moment it was cut may change again unseen.
+RACY_NS = 2_000_000_000
+# Passages' text per stored chunk: what reading back or cutting a file holds at a time.
+CHUNK_CHARS = 1 << 20
+
+_SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_MS = 10_000
+_TOUCH_S = 3600  # last_used is refreshed at most this often: a hit costs no write
+_TOUCH_BATCH = 512
+_ABANDONED_S = 24 * 3600  # an unfinished entry this old was left by a process that died
+_READ_BLOCK = 1 << 20
+
+# Files keyed by (key, absolute path); an entry is used only once complete (all its
+# chunks written, then marked in one transaction), so a process that stops half-way
+# leaves nothing that could be mistaken for a file's passages.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    digest BLOB,
+    racy INTEGER NOT NULL DEFAULT 0,
+    passages INTEGER NOT NULL DEFAULT 0,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    last_used INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_path ON files (key, path);
+CREATE INDEX IF NOT EXISTS files_last_used ON files (last_used);
+CREATE TABLE IF NOT EXISTS chunks (
+    file INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (file, seq)
+);
+"""
+
+Item = tuple[int, int, str]  # a passage as kept: first line, last line, text
+
+
+def default_path() -> Path:
+    """``passages.sqlite3`` in the embedding cache's folder (``$MODERNBERT_CLI_CACHE_DIR``)."""
+    return embeddings_path().parent / CACHE_FILE
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What says a file may have changed, without reading it."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, status: os.stat_result) -> Stat:
+        return cls(
+            status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino, status.st_dev
+        )
+
+    def racy(self, checked_ns: int) -> bool:
+        """Whether the file changed so shortly before ``checked_ns`` that it may again unseen.
+
+        A write sets mtime (and ctime) to the clock's present tick: only a file whose
+        mtime is that tick already can be written again with no field changing.
+        """
+        return self.mtime_ns + RACY_NS > checked_ns
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file's passages as kept."""
+
+    id: int
+    passages: int
+    chunks: int
+
+
+class Damaged(Exception):
+    """An entry could not be read back whole: its file is to be cut afresh."""
+
+
+class SplitCache:
+    """The passage cache file, opened lazily; every failure turns it off with one warning."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = path or default_path()
+        self.max_bytes = max_bytes
+        self._warn = warn or (lambda message: print(message, file=sys.stderr))
+        self._db: sqlite3.Connection | None = None
+        self._touched: list[int] = []
+        self._warned_damaged = False
+        self.disabled = False
+
+    # -- opening and failing safely ------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self.disabled:
+            return None
+        if self._db is None:
+            try:
+                # Passages are the user's text: for this user alone, as the vectors are.
+                _make_private(self.path)
+                self._db = _retry_busy(self._open)
+            except (sqlite3.Error, OSError) as error:
+                self._fail(error)
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"unknown passage cache format {version}")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _fail(self, error: BaseException) -> None:
+        """Turn the cache off for this run, with one warning; passages are cut without it."""
+        if not self.disabled:
+            self._warn(
+                f"warning: passage cache {self.path} is unusable ({error}); going on "
+                "without it (delete the file to start afresh)"
+            )
+        self.disabled = True
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def close(self) -> None:
+        """Record which entries were used (for the size bound) and let go of the file."""
+        self._flush_touched()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def __enter__(self) -> SplitCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- finding a file's passages ---------------------------------------------------------
+
+    def find(self, key: str, path: Path) -> Entry | None:
+        """The entry of ``path`` cut under ``key``, if the file is as it was then; else None."""
+        db = self._connect()
+        if db is None:
+            return None
+        checked = time.time_ns()
+        try:
+            now = Stat.of(os.stat(path))
+        except OSError:
+            return None
+        try:
+            row = db.execute(
+                "SELECT id, size, mtime_ns, ctime_ns, inode, device, digest, racy, passages, "
+                "chunks, last_used FROM files WHERE key = ? AND path = ? AND complete = 1 "
+                "ORDER BY id DESC LIMIT 1",
+                (key, os.path.abspath(path)),
+            ).fetchone()
+            if row is None:
+                return None
+            entry_id, *stat, digest, racy, passages, chunks, last_used = row
+            if Stat(*stat) != now or racy:
+                if now.size != stat[0] or digest is None or file_digest(path) != digest:
+                    return None
+                # The same bytes: remember the file as it is now, and whether still racy.
+                db.execute(
+                    "UPDATE files SET size = ?, mtime_ns = ?, ctime_ns = ?, inode = ?, "
+                    "device = ?, racy = ?, last_used = ? WHERE id = ?",
+                    (*_fields(now), int(now.racy(checked)), int(time.time()), entry_id),
+                )
+            elif last_used < time.time() - _TOUCH_S:
+                self._touch(entry_id)
+        except OSError:  # the file went or cannot be read now: it is cut (or fails) as usual
+            return None
+        except sqlite3.Error as error:
+            self._fail(error)
+            return None
+        return Entry(entry_id, passages, chunks)
+
+    def read(self, entry: Entry) -> Iterator[Item]:
+        """The passages of ``entry``, a chunk at a time; :class:`Damaged` if they cannot be."""
+        given = 0
+        for seq in range(entry.chunks):
+            db = self._connect()
+            if db is None:
+                raise Damaged("the cache was turned off")
+            try:
+                row = db.execute(
+                    "SELECT data FROM chunks WHERE file = ? AND seq = ?", (entry.id, seq)
+                ).fetchone()
+            except sqlite3.Error as error:
+                self._fail(error)
+                raise Damaged(str(error)) from None
+            items = self._decode(entry, row)
+            given += len(items)
+            yield from items
+        if given != entry.passages:
+            raise self._damaged(entry, f"{given} passages instead of {entry.passages}")
+
+    def _decode(self, entry: Entry, row: tuple[Any, ...] | None) -> list[Item]:
+        if row is None:
+            raise self._damaged(entry, "a chunk is missing")
+        try:
+            items = json.loads(zlib.decompress(row[0]))
+            if all(type(a) is int and type(b) is int and type(t) is str for a, b, t in items):
+                return [(a, b, t) for a, b, t in items]
+            problem = "a passage is not what was stored"
+        except (zlib.error, ValueError, TypeError) as error:
+            problem = str(error) or type(error).__name__
+        raise self._damaged(entry, problem)
+
+    def _damaged(self, entry: Entry, problem: str) -> Damaged:
+        """Drop an entry that cannot be read back (a warning, once per run): the error to raise."""
+        db = self._connect()
+        gone = False
+        if db is not None:
+            try:
+                row = db.execute("SELECT 1 FROM files WHERE id = ?", (entry.id,)).fetchone()
+                gone = row is None
+                if not gone:
+                    with _transaction(db):
+                        _delete(db, [entry.id])
+            except sqlite3.Error as error:
+                self._fail(error)
+        # An entry replaced or evicted by another process while being read is no damage.
+        if not gone and not self._warned_damaged:
+            self._warned_damaged = True
+            self._warn(
+                f"warning: passage cache {self.path}: a damaged entry ({problem}); "
+                "its file is cut afresh"
+            )
+        return Damaged(problem)
+
+    def _touch(self, entry_id: int) -> None:
+        self._touched.append(entry_id)
+        if len(self._touched) >= _TOUCH_BATCH:
+            self._flush_touched()
+
+    def _flush_touched(self) -> None:
+        touched, self._touched = self._touched, []
+        db = self._connect() if touched else None
+        if db is None:
+            return
+        try:
+            marks = ",".join("?" * len(touched))
+            db.execute(
+                f"UPDATE files SET last_used = ? WHERE id IN ({marks})",
+                (int(time.time()), *touched),
+            )
+        except sqlite3.Error as error:
+            self._fail(error)
+
+    # -- keeping a file's passages ---------------------------------------------------------
+
+    def writer(self, key: str, path: Path, stream: BinaryIO) -> Writer:
+        """Keeps the passages of ``path`` as they are cut from ``stream`` (open, unread)."""
+        checked = time.time_ns()
+        return Writer(self, key, os.path.abspath(path), stream, checked)
+
+    def _evict(self, db: sqlite3.Connection) -> None:
+        """Past the bound, entries left unfinished by a process that stopped go, then the
+        least recently used files until the file is under 90% of its bound."""
+        if _size(db) <= self.max_bytes:
+            return
+        with _transaction(db):
+            stale = db.execute(
+                "SELECT id FROM files WHERE complete = 0 AND last_used < ?",
+                (int(time.time()) - _ABANDONED_S,),
+            ).fetchall()
+            _delete(db, [row[0] for row in stale])
+        excess = _size(db) - int(0.9 * self.max_bytes)
+        if excess <= 0:
+            return
+        doomed, freed = [], 0
+        for entry_id, size in db.execute(
+            "SELECT id, bytes FROM files WHERE complete = 1 ORDER BY last_used, id"
+        ):
+            doomed.append(entry_id)
+            freed += size + 256  # a row's own bytes besides its chunks
+            if freed >= excess:
+                break
+        # Freed pages are reused by later entries: no VACUUM (which rewrites the file).
+        with _transaction(db):
+            _delete(db, doomed)
+
+    def size_bytes(self) -> int:
+        files = [self.path, Path(f"{self.path}-wal")]
+        return sum(f.stat().st_size for f in files if f.exists())
+
+
+class Writer:
+    """One file's passages on their way into the cache: a chunk at a time, used once whole.
+
+    ``with cache.writer(key, path, stream) as keep: …; keep.finish(digest)``: leaving
+    the block without ``finish`` (an error, a reader that stopped) drops what was kept.
+    """
+
+    def __init__(
+        self, cache: SplitCache, key: str, path: str, stream: BinaryIO, checked: int
+    ) -> None:
+        self.cache = cache
+        self.key = key
+        self.path = path
+        self.stream = stream
+        self.checked = checked
+        self.stat = Stat.of(os.fstat(stream.fileno()))
+        self.id: int | None = None
+        self.buffer: list[Item] = []
+        self.chars = 0
+        self.chunks = 0
+        self.passages = 0
+        self.bytes = 0
+        self.done = False
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.done:
+            self.abandon()
+
+    def add(self, start: int, end: int, text: str) -> None:
+        self.buffer.append((start, end, text))
+        self.passages += 1
+        self.chars += len(text)
+        if self.chars >= CHUNK_CHARS:
+            self._write(complete=False)
+
+    def finish(self, digest: bytes) -> None:
+        """The whole file was read (its bytes hash to ``digest``): its entry is complete.
+
+        A file that changed while it was read is not kept (its passages may mix versions).
+        """
+        self.done = True
+        if Stat.of(os.fstat(self.stream.fileno())) != self.stat:
+            self.abandon()
+            return
+        self._write(complete=True, digest=digest)
+
+    def abandon(self) -> None:
+        self.done = True
+        self.buffer = []
+        db = self.cache._connect() if self.id is not None else None
+        if db is None:
+            return
+        try:
+            with _transaction(db):
+                _delete(db, [self.id])
+        except sqlite3.Error as error:
+            self.cache._fail(error)
+
+    def _write(self, *, complete: bool, digest: bytes | None = None) -> None:
+        db = self.cache._connect()
+        if db is None:
+            self.buffer = []
+            return
+        data = None
+        if self.buffer:
+            data = zlib.compress(json.dumps(self.buffer, ensure_ascii=False).encode("utf-8"))
+            self.bytes += len(data)
+        self.buffer, self.chars = [], 0
+        now = int(time.time())
+
+        def write() -> None:
+            with _transaction(db):
+                if self.id is None:
+                    self.id = db.execute(
+                        "INSERT INTO files (key, path, size, mtime_ns, ctime_ns, inode, device, "
+                        "last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (self.key, self.path, *_fields(self.stat), now),
+                    ).lastrowid
+                if data is not None:
+                    db.execute(
+                        "INSERT INTO chunks (file, seq, data) VALUES (?, ?, ?)",
+                        (self.id, self.chunks, data),
+                    )
+                if complete:
+                    db.execute(
+                        "UPDATE files SET digest = ?, racy = ?, passages = ?, chunks = ?, "
+                        "bytes = ?, complete = 1, last_used = ? WHERE id = ?",
+                        (
+                            digest,
+                            int(self.stat.racy(self.checked)),
+                            self.passages,
+                            self.chunks + (data is not None),
+                            self.bytes,
+                            now,
+                            self.id,
+                        ),
+                    )
+                    older = db.execute(
+                        "SELECT id FROM files WHERE key = ? AND path = ? AND id != ?",
+                        (self.key, self.path, self.id),
+                    ).fetchall()
+                    _delete(db, [row[0] for row in older])
+
+        try:
+            _retry_busy(write)
+            self.chunks += data is not None
+            if complete:
+                self.cache._evict(db)
+        except sqlite3.Error as error:
+            self.cache._fail(error)
+
+
+class HashingReader:
+    """A binary stream whose bytes are hashed as they are read (the file's digest)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._hash = hashlib.blake2b(digest_size=16)
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self._stream.readline(size)
+        self._hash.update(data)
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._hash.update(data)
+        return data
+
+    def digest(self) -> bytes:
+        """The digest of what was read (the file's, once it was read to its end)."""
+        return self._hash.digest()
+
+
+def file_digest(path: Path) -> bytes:
+    """16 bytes of BLAKE2b over the file's bytes, as :class:`HashingReader` makes them."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as stream:
+        while block := stream.read(_READ_BLOCK):
+            digest.update(block)
+    return digest.digest()
+
+
+def clear(path: Path | None = None) -> bool:
+    """Delete the passage cache file (and its journal); whether there was one."""
+    path = path or default_path()
+    found = False
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            file.unlink()
+            found = True
+    return found
+
+
+def _fields(stat: Stat) -> tuple[int, int, int, int, int]:
+    return stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode, stat.device
+
+
+def _delete(db: sqlite3.Connection, ids: list[int]) -> None:
+    for start in range(0, len(ids), 500):
+        batch = ids[start : start + 500]
+        marks = ",".join("?" * len(batch))
+        db.execute(f"DELETE FROM chunks WHERE file IN ({marks})", batch)
+        db.execute(f"DELETE FROM files WHERE id IN ({marks})", batch)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT: the write lock taken up front, so no deadlock on upgrade."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _retry_busy(step: Callable[[], Any], attempts: int = 10) -> Any:
+    """``step``, again after a short pause when refused at once as busy (several processes
+    opening a new file together); a refusal after the busy timeout had waited is final."""
+    for attempt in range(attempts):
+        started = time.monotonic()
+        try:
+            return step()
+        except sqlite3.OperationalError as error:
+            busy = "locked" in str(error) or "busy" in str(error)
+            if not busy or time.monotonic() - started > 1.0 or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _size(db: sqlite3.Connection) -> int:
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    return (pages - free) * db.execute("PRAGMA page_size").fetchone()[0]
