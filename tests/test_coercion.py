@@ -47,3 +47,12 @@ def test_light_conversion_equals_typers_own_wherever_it_answers():
             assert (light, type(light)) == (expected, type(expected)), (param.name, value)
             checked += 1
     assert checked > 100
+
+
+def test_a_typer_it_was_not_checked_against_keeps_its_own_converters(monkeypatch):
+    monkeypatch.setattr(cli.typer, "__version__", "0.30.0")
+    command = cli.typer.main.get_command(cli.app)
+    coercion.install(command)
+    params = [p for p in coercion._parameters(command) if getattr(p, "type_descriptor", None)]
+    assert params
+    assert all(getattr(p, "_runtime_param", None) is None for p in params)
