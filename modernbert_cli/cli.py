@@ -1178,12 +1178,9 @@ def _serve(
     http: str | None,
     api_key: str | None,
 ) -> None:
-    from modernbert_cli import client, openai_api
+    from modernbert_cli import server
     from modernbert_cli.embedder import Embedder
-    from modernbert_cli.model import ModelFiles
 
-    _runtime_dir()
-    address = openai_api.parse_http_address(http) if http else None
     # The server computes what its clients lack: no cache, no server of its own.
     embedder = Embedder.from_settings(
         replace(settings, cache=False, server=False),
@@ -1191,81 +1188,15 @@ def _serve(
         warn=session.warn,
         loading=session.loading,
     )
-    if ModelFiles.find(settings.model).directory is None:
-        embedder.load()  # a hub model not fetched yet: fetch it first, so the key names its files
-    key = embedder.server_key()
-    url = openai_api.http_url(address) if address else None
-    try:
-        lock = client.lock_server(key, {"model": embedder.name, "http": url})
-    except client.ServerRunning as error:
-        raise UsageError(
-            f"a server for {settings.model} already runs ({error.where}); 'serve stop' stops it"
-        ) from None
-    listener = None
-    try:
-        path = client.socket_path(key)
-        if client.is_alive(path, key):  # a server that holds no lock (an older version)
-            raise UsageError(f"a server for {settings.model} already runs on {path}")
-        listener = openai_api.bind_http(address) if address else None  # before the model load
-        warning = openai_api.exposure_warning(address, api_key) if address else None
-        if warning:
-            session.warn(warning)
-        if detach:
-            if listener is not None:
-                listener.close()  # the address is free: the server will listen on it itself
-                listener = None
-            args = ["serve", *settings.argv(), "--idle-timeout", str(idle_timeout)]
-            args += ["--http", http] if http else []
-            # The key travels in the environment, not in argv, where `ps` shows it.
-            env = {openai_api.API_KEY_ENV: api_key} if api_key else {}
-            try:
-                pid, log = client.start_detached(args, key, lock, env)
-            except client.ServerError as error:
-                raise CliError(str(error)) from None
-            session.note(f"server of {settings.model} started (pid {pid}); log: {log}")
-            return
-        _serve_here(session, embedder, key, idle_timeout * 60, listener, lock, api_key)
-    finally:
-        if listener is not None:
-            listener.close()
-        lock.close()
-
-
-def _serve_here(
-    session: Session,
-    embedder: Any,
-    key: str,
-    idle_seconds: float,
-    listener: Any,
-    lock: Any,
-    api_key: str | None,
-) -> None:
-    from modernbert_cli import client
-    from modernbert_cli.errors import ModelError
-    from modernbert_cli.server import Backend
-    from modernbert_cli.server import serve as serve_forever
-
-    embedder.load()
-    if embedder.server_key() != key:  # the key names the files it serves: they must be these
-        raise ModelError(f"model '{embedder.settings.model}': its files changed while it loaded")
-    backend = Backend(
-        embedder.encoder,
-        key,
-        idle_seconds,
-        fingerprint=embedder.files_fingerprint(),
-        started_as=embedder.settings.model,
+    server.run(
+        embedder,
+        detach=detach,
+        idle_minutes=idle_timeout,
+        http=http,
+        api_key=api_key,
+        note=session.note,
+        warn=session.warn,
     )
-    try:
-        serve_forever(
-            backend,
-            client.socket_path(key),
-            listener,
-            ready=lambda where: session.note(f"serving {embedder.name} on {where}"),
-            api_key=api_key,
-            lock=lock,
-        )
-    except OSError as error:
-        raise UsageError(f"cannot serve: {error.strerror or error}") from None
 
 
 @serve_app.command("status")
@@ -1296,19 +1227,10 @@ def serve_stop(
     _stop(session, model)
 
 
-def _runtime_dir() -> None:
-    from modernbert_cli import client
-
-    try:
-        client.runtime_dir()
-    except (OSError, client.ServerError) as error:
-        raise UsageError(f"no runtime folder for servers: {error}") from None
-
-
 def _status(session: Session) -> None:
-    from modernbert_cli.client import running_servers
+    from modernbert_cli.client import running_servers, usable_runtime_dir
 
-    _runtime_dir()
+    usable_runtime_dir()
     servers, stale = running_servers()
     for path in stale:
         session.note(f"removed a stale socket: {path}")
@@ -1320,7 +1242,7 @@ def _stop(session: Session, model: str | None) -> None:
     from modernbert_cli import client
     from modernbert_cli.model import canonical_name
 
-    _runtime_dir()
+    client.usable_runtime_dir()
     wanted = canonical_name(model) if model is not None else None
     servers, _ = client.running_servers()
     chosen = [s for s in servers if wanted is None or s.get("model") == wanted]

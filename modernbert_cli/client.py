@@ -106,6 +106,16 @@ def runtime_dir() -> Path:
     return folder
 
 
+def usable_runtime_dir() -> Path:
+    """:func:`runtime_dir`, or a one-line :class:`UsageError` saying why there is none."""
+    from modernbert_cli.errors import UsageError
+
+    try:
+        return runtime_dir()
+    except (OSError, ServerError) as error:
+        raise UsageError(f"no runtime folder for servers: {error}") from None
+
+
 def server_key(model: str, settings: dict[str, Any], fingerprint: str) -> str:
     """Which server can serve a command: same model, vector-changing settings and files.
 

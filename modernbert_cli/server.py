@@ -48,6 +48,8 @@ from modernbert_cli.client import (
 if TYPE_CHECKING:
     import numpy as np
 
+    from modernbert_cli.embedder import Embedder
+
 # An HTTP body over this is refused (413) unread; MAX_INPUTS texts of a few pages fit.
 MAX_HTTP_BODY_BYTES = 32 << 20
 # A model the engine cannot run goes through sentence-transformers' encode: texts per job.
@@ -471,6 +473,106 @@ class _UnixServer(_QuietErrors, socketserver.ThreadingMixIn, socketserver.UnixSt
 
 
 _socket_names = itertools.count()
+
+
+def run(
+    embedder: Embedder,
+    *,
+    detach: bool = False,
+    idle_minutes: float = 30.0,
+    http: str | None = None,
+    api_key: str | None = None,
+    note: Callable[[str], None] = lambda message: None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> None:
+    """Serve ``embedder``'s model until stopped or idle; with ``detach``, start a server in
+    the background and return once it answers.
+
+    ``embedder`` should have no cache and no server of its own: the server computes what
+    its clients lack. One server per key (model, settings, files): another raises
+    :class:`UsageError`, as do an unusable runtime folder and an address in use.
+    """
+    from modernbert_cli import client, openai_api
+    from modernbert_cli.errors import CliError, UsageError
+    from modernbert_cli.model import ModelFiles
+
+    client.usable_runtime_dir()
+    model = embedder.settings.model
+    address = openai_api.parse_http_address(http) if http else None
+    if ModelFiles.find(model).directory is None:
+        embedder.load()  # a hub model not fetched yet: fetch it first, so the key names its files
+    key = embedder.server_key()
+    url = openai_api.http_url(address) if address else None
+    try:
+        lock = client.lock_server(key, {"model": embedder.name, "http": url})
+    except client.ServerRunning as error:
+        raise UsageError(
+            f"a server for {model} already runs ({error.where}); 'serve stop' stops it"
+        ) from None
+    listener = None
+    try:
+        path = client.socket_path(key)
+        if client.is_alive(path, key):  # a server that holds no lock (an older version)
+            raise UsageError(f"a server for {model} already runs on {path}")
+        listener = openai_api.bind_http(address) if address else None  # before the model load
+        warning = openai_api.exposure_warning(address, api_key) if address else None
+        if warning:
+            warn(warning)
+        if detach:
+            if listener is not None:
+                listener.close()  # the address is free: the server will listen on it itself
+                listener = None
+            args = ["serve", *embedder.settings.argv(), "--idle-timeout", str(idle_minutes)]
+            args += ["--http", http] if http else []
+            # The key travels in the environment, not in argv, where `ps` shows it.
+            env = {openai_api.API_KEY_ENV: api_key} if api_key else {}
+            try:
+                pid, log = client.start_detached(args, key, lock, env)
+            except client.ServerError as error:
+                raise CliError(str(error)) from None
+            note(f"server of {model} started (pid {pid}); log: {log}")
+            return
+        _serve_loaded(embedder, key, idle_minutes * 60, listener, lock, api_key, note)
+    finally:
+        if listener is not None:
+            listener.close()
+        lock.close()
+
+
+def _serve_loaded(
+    embedder: Embedder,
+    key: str,
+    idle_seconds: float,
+    listener: socket.socket | None,
+    lock: ServerLock,
+    api_key: str | None,
+    note: Callable[[str], None],
+) -> None:
+    """Load the model and serve it here, under ``key``, until stopped or idle."""
+    from modernbert_cli import client
+    from modernbert_cli.errors import ModelError, UsageError
+
+    embedder.load()
+    if embedder.server_key() != key:  # the key names the files it serves: they must be these
+        raise ModelError(f"model '{embedder.settings.model}': its files changed while it loaded")
+    backend = Backend(
+        embedder.encoder,
+        key,
+        idle_seconds,
+        fingerprint=embedder.files_fingerprint(),
+        started_as=embedder.settings.model,
+    )
+    try:
+        serve(
+            backend,
+            client.socket_path(key),
+            listener,
+            ready=lambda where: note(f"serving {embedder.name} on {where}"),
+            api_key=api_key,
+            lock=lock,
+        )
+    except OSError as error:
+        raise UsageError(f"cannot serve: {error.strerror or error}") from None
 
 
 def serve(

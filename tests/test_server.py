@@ -1215,3 +1215,15 @@ def test_one_server_per_key_and_a_paused_one_is_left_alone(
     wait_for(lambda: not pid_alive(info["pid"]), 30, "the paused server to exit")
     assert not path.exists() and not lock.exists()
     assert "Traceback" not in client.log_path(key).read_text()
+
+
+def test_the_library_serves_too_and_says_when_there_is_no_runtime_folder(
+    tiny_model, tmp_path, monkeypatch
+):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(taken))  # no folder can be made under a file
+    embedder = Embedder(tiny_model, cache=False, server=False)
+    with pytest.raises(UsageError, match="no runtime folder for servers"):
+        server.run(embedder, detach=True)
+    assert embedder._encoder is None  # refused before any model load
