@@ -113,6 +113,13 @@ def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+def text_keys(texts: Iterable[str]) -> list[bytes]:
+    """:func:`text_key` of each text (a chunk of a folder's passages: no call per text)."""
+    from hashlib import blake2b
+
+    return [blake2b(text.encode("utf-8"), digest_size=16).digest() for text in texts]
+
+
 def fingerprint(model_dir: Path | None, name: str, settings: dict[str, Any]) -> str:
     """Everything that changes a vector: the model's files (path, size, mtime) and settings.
 
@@ -308,7 +315,10 @@ class EmbeddingCache:
         heads = {flag: zlib.crc32(f"{fingerprint}{flag}".encode()) for flag in (0, 1)}
         rows_at: list[int] = []
         blobs: list[bytes] = []
+        flags: list[int] = []
+        crc32 = zlib.crc32
         now = int(time.time())
+        touched = now - _TOUCH_S  # a row last used before this is refreshed
         try:
             model = self._model_id(db, fingerprint)
             if model is None:
@@ -325,14 +335,13 @@ class EmbeddingCache:
                 stale = []
                 for rowid, key, blob, flag, crc, last_used in rows:
                     head = heads.get(flag)
-                    if head is None or zlib.crc32(blob, zlib.crc32(key, head)) != crc:
+                    if head is None or crc32(blob, crc32(key, head)) != crc:
                         self.damaged += 1
                         continue
-                    at = first[key]
-                    rows_at.append(at)
+                    rows_at.append(first[key])
                     blobs.append(blob)
-                    truncated[at] = flag
-                    if last_used < now - _TOUCH_S:
+                    flags.append(flag)
+                    if last_used < touched:
                         stale.append(rowid)
                 if stale:
                     marks = ",".join("?" * len(stale))
@@ -343,6 +352,7 @@ class EmbeddingCache:
         except sqlite3.Error as error:
             self._fail(error)
             return Found.none(len(keys))
+        truncated[rows_at] = flags
         matrix = self._matrix(rows_at, blobs, truncated)
         hit[rows_at] = True
         if matrix is None:
@@ -360,9 +370,11 @@ class EmbeddingCache:
         damaged, and left out of ``rows_at``."""
         import numpy
 
-        sizes = Counter(len(blob) for blob in blobs if not len(blob) % 4)
-        size = sizes.most_common(1)[0][0] if sizes else -1
-        if sizes.get(size, 0) < len(blobs):
+        lengths = set(map(len, blobs))
+        size = next(iter(lengths)) if len(lengths) == 1 else -1
+        if size <= 0 or size % 4:  # the rare case: damage to sort out
+            sizes = Counter(len(blob) for blob in blobs if len(blob) and not len(blob) % 4)
+            size = sizes.most_common(1)[0][0] if sizes else -1
             bad = [i for i, blob in enumerate(blobs) if len(blob) != size]
             self.damaged += len(bad)
             for i in reversed(bad):

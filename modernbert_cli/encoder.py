@@ -215,10 +215,10 @@ class Encoder:
         if self.cache is None or self.cache.disabled or not texts:
             self.misses += len(texts)
             return self._compute(texts, options, role)
-        from modernbert_cli.cache import text_key
+        from modernbert_cli.cache import text_keys
 
         fingerprint = self.fingerprint(options, role)
-        keys = [text_key(text) for text in texts]
+        keys = text_keys(texts)
         found = self.cache.vectors(fingerprint, keys)
         # Each missing text once (a text given twice is computed once, counted once).
         missing = list({keys[i]: i for i in np.flatnonzero(~found.hit).tolist()}.values())

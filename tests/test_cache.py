@@ -828,9 +828,10 @@ def test_damaged_rows_are_counted_and_never_returned(tmp_path):
     _damage(path, keys[6], vector=short, crc=cache_module._crc("fp", keys[6], short, True))
     odd = blob[:-1]
     _damage(path, keys[7], vector=odd, crc=cache_module._crc("fp", keys[7], odd, False))
+    _damage(path, keys[8], vector=b"", crc=cache_module._crc("fp", keys[8], b"", False))
 
     found = store.vectors("fp", keys)
-    bad = {1, 2, 4, 5, 6, 7}
+    bad = {1, 2, 4, 5, 6, 7, 8}
     assert found.hit.tolist() == [n not in bad for n in range(50)]
     assert store.damaged == len(bad)
     good = [n for n in range(50) if n not in bad]
