@@ -12,8 +12,9 @@ Several processes may use the file at once (WAL journal, short transactions, a
 busy timeout). A cache that cannot be opened or read, or that turns out corrupt,
 costs one warning on stderr and is then left alone: the command still succeeds.
 The files on disk are bounded (``max_bytes``, the database and its write-ahead log
-together); the least recently used rows go first. Bounds under 1 MB (the command
-line's least) can be passed by a few pages of log.
+together); the least recently used rows go first (to the hour: a lookup writes a
+row's time only when it is older than that). Bounds under 1 MB (the command line's
+least) can be passed by a few pages of log.
 
 >>> cache = EmbeddingCache(Path("/tmp/c.sqlite3"))  # doctest: +SKIP
 >>> cache.lookup("fingerprint", [text_key("a cat")])  # doctest: +SKIP
