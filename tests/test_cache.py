@@ -198,6 +198,16 @@ def test_duplicate_new_texts_are_computed_once(embed, engine_calls):
     assert_array_equal(got[1], got[4])
 
 
+def test_cached_and_new_texts_given_twice_each_get_their_own_vector(embed, engine_calls):
+    first = embed("x", "y")
+    second = embed("x", "z", "x", "y", "z")
+    assert engine_calls[1:] == [["z"]]
+    got, was = vectors(second.stdout), vectors(first.stdout)
+    assert_array_equal(got[[0, 2, 3]], was[[0, 0, 1]])
+    assert_array_equal(got[1], got[4])
+    assert not np.array_equal(got[1], got[0])
+
+
 def test_a_new_query_costs_one_miss(cli, tiny_model, corpus_file, engine_calls):
     def similar(query: str):
         result = cli("similar", "-m", tiny_model, query, "-i", str(corpus_file), "-f", "jsonl")
