@@ -12,8 +12,9 @@ Several processes may use the file at once (WAL journal, short transactions, a
 busy timeout). A cache that cannot be opened or read, or that turns out corrupt,
 costs one warning on stderr and is then left alone: the command still succeeds.
 The files on disk are bounded (``max_bytes``, the database and its write-ahead log
-together); the least recently used rows go first. Bounds under 1 MB (the command
-line's least) can be passed by a few pages of log.
+together); the least recently used rows go first (to the hour: a lookup writes a
+row's time only when it is older than that). Bounds under 1 MB (the command line's
+least) can be passed by a few pages of log.
 
 >>> cache = EmbeddingCache(Path("/tmp/c.sqlite3"))  # doctest: +SKIP
 >>> cache.lookup("fingerprint", [text_key("a cat")])  # doctest: +SKIP
@@ -30,6 +31,7 @@ import stat
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,9 @@ _BATCH = 900
 # Bytes a row takes besides its vector: key, columns, index entries, page slack.
 _ROW_OVERHEAD = 160
 _BUSY_TIMEOUT_MS = 10_000
+# A row's last_used is written again by a lookup at most this often: least recently used
+# to the hour, and a repeat over the same texts writes nothing.
+_TOUCH_S = 3600
 _SCHEMA_VERSION = 1
 # The bound is on the files on disk: the database may fill this share of it, its
 # write-ahead log the rest (a log reset after each checkpoint, and cut back to size).
@@ -109,6 +114,13 @@ def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+def text_keys(texts: Iterable[str]) -> list[bytes]:
+    """:func:`text_key` of each text (a chunk of a folder's passages: no call per text)."""
+    from hashlib import blake2b
+
+    return [blake2b(text.encode("utf-8"), digest_size=16).digest() for text in texts]
+
+
 def fingerprint(model_dir: Path | None, name: str, settings: dict[str, Any]) -> str:
     """Everything that changes a vector: the model's files (path, size, mtime) and settings.
 
@@ -147,6 +159,21 @@ def _model_files(model_dir: Path) -> list[tuple[str, int, int]]:
 class Cached:
     vector: np.ndarray
     truncated: bool
+
+
+@dataclass(frozen=True)
+class Found:
+    """Cached vectors of some keys: ``vectors[i]`` is ``keys[i]``'s where ``hit[i]``."""
+
+    vectors: np.ndarray | None  # (keys × dimensions) float32, zeros where missing; None: no hit
+    truncated: np.ndarray  # bool per key
+    hit: np.ndarray  # bool per key
+
+    @classmethod
+    def none(cls, count: int) -> Found:
+        import numpy
+
+        return cls(None, numpy.zeros(count, dtype=bool), numpy.zeros(count, dtype=bool))
 
 
 # Whether the model files a fingerprint was made from are still there, as they were.
@@ -258,43 +285,108 @@ class EmbeddingCache:
 
     def lookup(self, fingerprint: str, keys: Sequence[bytes]) -> dict[bytes, Cached]:
         """The cached vectors among ``keys`` (missing and damaged ones are left out)."""
-        db = self._connect()
-        if db is None or not keys:
-            return {}
+        found = self.vectors(fingerprint, keys)
+        return {
+            key: Cached(found.vectors[i], bool(found.truncated[i]))
+            for i, key in enumerate(keys)
+            if found.hit[i]
+        }
+
+    def vectors(self, fingerprint: str, keys: Sequence[bytes]) -> Found:
+        """The cached vectors of ``keys`` as one matrix, row i for ``keys[i]`` where found.
+
+        A lookup per text would cost more than the rest of a query over a cached folder:
+        rows are read a batch at a time into one buffer, each row's check is two CRCs
+        over its key and bytes (the fingerprint's part computed once), and last_used is
+        written only for rows not used within :data:`_TOUCH_S` (a write per row read
+        would cost more than the read).
+        """
         import numpy
 
-        found: dict[bytes, Cached] = {}
+        first: dict[bytes, int] = {}  # each distinct key, and its row in the answer
+        for key in keys:
+            first.setdefault(key, len(first))
+        unique = len(first)
+        hit = numpy.zeros(unique, dtype=bool)
+        truncated = numpy.zeros(unique, dtype=bool)
+        db = self._connect()
+        if db is None or not keys:
+            return Found.none(len(keys))
+        # A row's CRC starts from the fingerprint and its truncated flag: two values.
+        heads = {flag: zlib.crc32(f"{fingerprint}{flag}".encode()) for flag in (0, 1)}
+        rows_at: list[int] = []
+        blobs: list[bytes] = []
+        flags: list[int] = []
+        crc32 = zlib.crc32
         now = int(time.time())
+        touched = now - _TOUCH_S  # a row last used before this is refreshed
         try:
             model = self._model_id(db, fingerprint)
             if model is None:
-                return {}
-            for start in range(0, len(keys), _BATCH):
-                batch = list(dict.fromkeys(keys[start : start + _BATCH]))
+                return Found.none(len(keys))
+            wanted = list(first)
+            for start in range(0, unique, _BATCH):
+                batch = wanted[start : start + _BATCH]
                 marks = ",".join("?" * len(batch))
                 rows = db.execute(
-                    f"SELECT rowid, text_key, vector, truncated, crc FROM embeddings "
+                    f"SELECT rowid, text_key, vector, truncated, crc, last_used FROM embeddings "
                     f"WHERE model = ? AND text_key IN ({marks})",
                     (model, *batch),
                 ).fetchall()
-                used = []
-                for rowid, key, blob, truncated, crc in rows:
-                    if _crc(fingerprint, key, blob, truncated) != crc or len(blob) % 4:
+                stale = []
+                for rowid, key, blob, flag, crc, last_used in rows:
+                    head = heads.get(flag)
+                    if head is None or crc32(blob, crc32(key, head)) != crc:
                         self.damaged += 1
                         continue
-                    vector = numpy.frombuffer(blob, dtype="<f4")
-                    found[key] = Cached(vector, bool(truncated))
-                    used.append(rowid)
-                if used:
-                    marks = ",".join("?" * len(used))
+                    rows_at.append(first[key])
+                    blobs.append(blob)
+                    flags.append(flag)
+                    if last_used < touched:
+                        stale.append(rowid)
+                if stale:
+                    marks = ",".join("?" * len(stale))
                     db.execute(
                         f"UPDATE embeddings SET last_used = ? WHERE rowid IN ({marks})",
-                        (now, *used),
+                        (now, *stale),
                     )
         except sqlite3.Error as error:
             self._fail(error)
-            return {}
-        return found
+            return Found.none(len(keys))
+        truncated[rows_at] = flags
+        matrix = self._matrix(rows_at, blobs, truncated)
+        hit[rows_at] = True
+        if matrix is None:
+            return Found.none(len(keys))
+        if unique < len(keys):  # a text given twice: its row twice
+            where = numpy.fromiter((first[key] for key in keys), dtype=numpy.intp, count=len(keys))
+            return Found(matrix[where], truncated[where], hit[where])
+        return Found(matrix, truncated, hit)
+
+    def _matrix(
+        self, rows_at: list[int], blobs: list[bytes], truncated: np.ndarray
+    ) -> np.ndarray | None:
+        """The rows' vectors in one (distinct keys × dimensions) float32 matrix, zeros where
+        none was found; a row of another length than the others (or not whole floats) is
+        damaged, and left out of ``rows_at``."""
+        import numpy
+
+        lengths = set(map(len, blobs))
+        size = next(iter(lengths)) if len(lengths) == 1 else -1
+        if size <= 0 or size % 4:  # the rare case: damage to sort out
+            sizes = Counter(len(blob) for blob in blobs if len(blob) and not len(blob) % 4)
+            size = sizes.most_common(1)[0][0] if sizes else -1
+            bad = [i for i, blob in enumerate(blobs) if len(blob) != size]
+            self.damaged += len(bad)
+            for i in reversed(bad):
+                truncated[rows_at[i]] = False
+                del rows_at[i], blobs[i]
+        if not blobs:
+            return None
+        dims = size // 4
+        matrix = numpy.zeros((len(truncated), dims), dtype=numpy.float32)
+        matrix[rows_at] = numpy.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, dims)
+        return matrix
 
     def store(
         self,

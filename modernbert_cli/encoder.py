@@ -215,29 +215,34 @@ class Encoder:
         if self.cache is None or self.cache.disabled or not texts:
             self.misses += len(texts)
             return self._compute(texts, options, role)
-        from modernbert_cli.cache import text_key
+        from modernbert_cli.cache import text_keys
 
         fingerprint = self.fingerprint(options, role)
-        keys = [text_key(text) for text in texts]
-        found = self.cache.lookup(fingerprint, keys)
-        missing = list({k: i for i, k in enumerate(keys) if k not in found}.values())
+        keys = text_keys(texts)
+        found = self.cache.vectors(fingerprint, keys)
+        # Each missing text once (a text given twice is computed once, counted once).
+        missing = list({keys[i]: i for i in np.flatnonzero(~found.hit).tolist()}.values())
         self.hits += len(texts) - len(missing)
         self.misses += len(missing)
         counts = self._counts.setdefault(fingerprint, [0, 0])
         counts[0] += len(texts) - len(missing)
         counts[1] += len(missing)
+        vectors, truncated = found.vectors, found.truncated
         if missing:
-            vectors, cut = self._compute([texts[i] for i in missing], options, role)
-            fresh = {keys[i]: (vectors[j], bool(cut[j])) for j, i in enumerate(missing)}
-            items = [(k, v, c) for k, (v, c) in fresh.items()]
+            fresh, cut = self._compute([texts[i] for i in missing], options, role)
+            items = [(keys[i], fresh[j], bool(cut[j])) for j, i in enumerate(missing)]
             self.cache.store(fingerprint, self.name, items, self._folder())
-        else:
-            fresh = {}
+            if vectors is None:
+                vectors = np.zeros((len(texts), fresh.shape[1]), dtype=np.float32)
+            which = {keys[i]: j for j, i in enumerate(missing)}
+            places = np.flatnonzero(~found.hit)
+            taken = [which[keys[i]] for i in places.tolist()]
+            vectors[places] = fresh[taken]
+            truncated[places] = np.asarray(cut, dtype=bool)[taken]
         if self.progress is not None and len(missing) < len(texts):
             self.progress(len(texts) - len(missing), 0)
-        rows = [fresh[k] if k in fresh else (found[k].vector, found[k].truncated) for k in keys]
-        vectors = np.stack([vector for vector, _ in rows]).astype(np.float32, copy=False)
-        return vectors, np.fromiter((cut for _, cut in rows), dtype=bool, count=len(rows))
+        assert vectors is not None  # every text was found or computed
+        return vectors, truncated
 
     def _compute(
         self, texts: Sequence[str], options: EncodeOptions, role: Role | None

@@ -198,6 +198,16 @@ def test_duplicate_new_texts_are_computed_once(embed, engine_calls):
     assert_array_equal(got[1], got[4])
 
 
+def test_cached_and_new_texts_given_twice_each_get_their_own_vector(embed, engine_calls):
+    first = embed("x", "y")
+    second = embed("x", "z", "x", "y", "z")
+    assert engine_calls[1:] == [["z"]]
+    got, was = vectors(second.stdout), vectors(first.stdout)
+    assert_array_equal(got[[0, 2, 3]], was[[0, 0, 1]])
+    assert_array_equal(got[1], got[4])
+    assert not np.array_equal(got[1], got[0])
+
+
 def test_a_new_query_costs_one_miss(cli, tiny_model, corpus_file, engine_calls):
     def similar(query: str):
         result = cli("similar", "-m", tiny_model, query, "-i", str(corpus_file), "-f", "jsonl")
@@ -595,6 +605,7 @@ def test_a_lookup_keeps_an_old_row(tmp_path, clock):
     old = text_key("old")
     clock[0] += 1
     store.store("fp", "m", [(old, _vector(10**6), False)])
+    clock[0] += cache_module._TOUCH_S  # last used long enough ago for a lookup to refresh it
     n = 0
     short_of_evicting = 0.8 * cache_module._MAIN_SHARE * store.max_bytes
     while cache_module._size(store._db) <= short_of_evicting:
@@ -717,6 +728,127 @@ def test_many_lookups_in_many_entries(tmp_path):
         assert_array_equal(found[keys[n]].vector, table[n])
         assert found[keys[n]].truncated == (n % 7 == 0)
     assert store.lookup("another fingerprint", wanted) == {}
+    store.close()
+
+
+def _filled(
+    path: Path, count: int, dims: int = 32
+) -> tuple[EmbeddingCache, list[bytes], np.ndarray]:
+    store = EmbeddingCache(path)
+    keys = [text_key(f"entry {n}") for n in range(count)]
+    table = np.random.default_rng(0).standard_normal((count, dims)).astype(np.float32)
+    store.store("fp", "m", [(keys[n], table[n], n % 3 == 0) for n in range(count)])
+    return store, keys, table
+
+
+def _statements(store: EmbeddingCache) -> list[str]:
+    """The SQL the cache's connection runs from now on."""
+    seen: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_lookup_reads_its_rows_in_few_queries_into_one_matrix(tmp_path, monkeypatch):
+    """What makes a query over a cached folder cheap: a query per batch of rows, one
+    buffer for all vectors (no array per row), the fingerprint's CRC part once."""
+    store, keys, table = _filled(tmp_path / "c.sqlite3", 2000)
+    statements = _statements(store)
+    buffers = []
+    frombuffer = np.frombuffer
+    monkeypatch.setattr(np, "frombuffer", lambda *a, **k: buffers.append(1) or frombuffer(*a, **k))
+    crc_inputs = []
+    crc32 = cache_module.zlib.crc32
+    fake_zlib = types.SimpleNamespace(
+        crc32=lambda data, *start: crc_inputs.append(data) or crc32(data, *start)
+    )
+    monkeypatch.setattr(cache_module, "zlib", fake_zlib)
+
+    found = store.vectors("fp", keys)
+
+    assert found.vectors is not None and found.hit.all()
+    assert_array_equal(found.vectors, table)
+    assert_array_equal(found.truncated, [n % 3 == 0 for n in range(2000)])
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) <= 1 + -(-2000 // cache_module._BATCH)  # the model's id, then the rows
+    assert len(buffers) == 1
+    with_fingerprint = [d for d in crc_inputs if isinstance(d, bytes) and d.startswith(b"fp")]
+    assert len(with_fingerprint) <= 2  # once per truncated flag, not once per row
+    assert len(crc_inputs) <= 2 + 2 * 2000  # a row: its key, its bytes
+    store.close()
+
+
+def test_a_lookup_gives_a_repeated_key_its_row_each_time(tmp_path):
+    store, keys, table = _filled(tmp_path / "c.sqlite3", 10)
+    wanted = [keys[3], text_key("absent"), keys[3], keys[0]]
+    found = store.vectors("fp", wanted)
+    assert found.hit.tolist() == [True, False, True, True]
+    assert found.vectors is not None
+    assert_array_equal(found.vectors[[0, 2, 3]], table[[3, 3, 0]])
+    assert found.truncated.tolist() == [True, False, True, True]
+    store.close()
+
+
+def test_a_repeat_within_the_hour_writes_nothing_and_an_older_use_is_refreshed(tmp_path, clock):
+    store, keys, _ = _filled(tmp_path / "c.sqlite3", 100)
+    stored_at = clock[0]
+
+    def last_used() -> set[int]:
+        return {row[0] for row in store._db.execute("SELECT last_used FROM embeddings")}
+
+    clock[0] += cache_module._TOUCH_S - 1
+    statements = _statements(store)
+    assert store.vectors("fp", keys).hit.all()
+    assert not [s for s in statements if "UPDATE" in s.upper()]  # a repeat writes nothing
+    assert last_used() == {stored_at}
+    clock[0] += 2  # now last used over an hour ago: refreshed, for the eviction order
+    assert store.vectors("fp", keys[:40]).hit.all()
+    assert [s for s in statements if "UPDATE" in s.upper()]
+    with sqlite3.connect(store.path) as db:
+        rows = dict(db.execute("SELECT text_key, last_used FROM embeddings").fetchall())
+    db.close()
+    assert {rows[key] for key in keys[:40]} == {clock[0]}
+    assert {rows[key] for key in keys[40:]} == {stored_at}
+    store.close()
+
+
+def _damage(path: Path, key: bytes, **columns: object) -> None:
+    with sqlite3.connect(path) as db:
+        for column, value in columns.items():
+            db.execute(f"UPDATE embeddings SET {column} = ? WHERE text_key = ?", (value, key))
+    db.close()
+
+
+def test_damaged_rows_are_counted_and_never_returned(tmp_path):
+    store, keys, table = _filled(tmp_path / "c.sqlite3", 50)
+    path = store.path
+    with sqlite3.connect(path) as db:
+        (blob,) = db.execute(
+            "SELECT vector FROM embeddings WHERE text_key = ?", (keys[1],)
+        ).fetchone()
+    db.close()
+    flipped = bytearray(blob)
+    flipped[5] ^= 0x40
+    _damage(path, keys[1], vector=bytes(flipped))  # a bit flipped in a vector
+    _damage(path, keys[2], truncated=1 - (2 % 3 == 0))  # the flag flipped
+    _damage(path, keys[4], truncated=7)  # a flag that was never written
+    _damage(path, keys[5], crc=12345)
+    # Whole floats and a CRC that matches, but not the other rows' length: damaged too.
+    short = blob[:-4]
+    _damage(path, keys[6], vector=short, crc=cache_module._crc("fp", keys[6], short, True))
+    odd = blob[:-1]
+    _damage(path, keys[7], vector=odd, crc=cache_module._crc("fp", keys[7], odd, False))
+    _damage(path, keys[8], vector=b"", crc=cache_module._crc("fp", keys[8], b"", False))
+
+    found = store.vectors("fp", keys)
+    bad = {1, 2, 4, 5, 6, 7, 8}
+    assert found.hit.tolist() == [n not in bad for n in range(50)]
+    assert store.damaged == len(bad)
+    good = [n for n in range(50) if n not in bad]
+    assert found.vectors is not None
+    assert_array_equal(found.vectors[good], table[good])
+    assert not found.truncated[sorted(bad)].any()
+    assert set(store.lookup("fp", keys)) == {keys[n] for n in good}
     store.close()
 
 
