@@ -15,6 +15,8 @@ import os
 import platform
 from pathlib import Path
 
+# Marks the line of a benchmark's results as JSON, which cpu_table.py gathers.
+RESULTS = "RESULTS"
 # The instruction sets that decide dense fp32 and int8 speed on x86.
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
 

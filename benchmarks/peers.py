@@ -107,6 +107,7 @@ def _measure(plan: dict) -> None:
         flush=True,
     )
     texts = make_texts(plan["short"], 10, 120, seed=1)
+    results = []
     for job in plan["jobs"]:
         path = job["path"]
         variants = {"torch fp32": lambda p=path: SentenceTransformer(p, device="cpu")}
@@ -143,8 +144,21 @@ def _measure(plan: dict) -> None:
                 f"{label:<24} {tokens / median:>9,.0f} {base / median:>5.2f}x  "
                 f"{cos.mean():.6f} / {cos.min():.6f}"
             )
+            path = "st encode" if label == "torch fp32" else f"st backend {label}"
+            cosines = None if label == "torch fp32" else [float(cos.mean()), float(cos.min())]
+            results.append(
+                {
+                    "model": job["name"],
+                    "texts": "short",
+                    "path": path,
+                    "kind": "in-process",
+                    "ratio": base / median,
+                    "cos": cosines,
+                }
+            )
         for label, reason in failed.items():
             print(f"{label:<24} not measured: {reason}")
+    print(host.RESULTS, json.dumps(results))  # for cpu_table.py
 
 
 def _backends(path: str) -> dict:
@@ -156,11 +170,13 @@ def _backends(path: str) -> dict:
 
         onnx = SentenceTransformer(path, device="cpu", backend="onnx")
         export_dynamic_quantized_onnx_model(onnx, "avx2", path)
+        # avx2 exports unsigned weights (model_quint8_avx2.onnx); other releases, signed.
+        (written,) = Path(path).glob("onnx/model_*int8_avx2.onnx")
         return SentenceTransformer(
             path,
             device="cpu",
             backend="onnx",
-            model_kwargs={"file_name": "onnx/model_qint8_avx2.onnx"},
+            model_kwargs={"file_name": f"onnx/{written.name}"},
         )
 
     def openvino_int8_weights():

@@ -32,6 +32,7 @@ On a lent GPU machine, ``benchmarks/gpu.sh`` runs the GPU measurements in one go
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -170,10 +171,15 @@ def main() -> None:
     if rows:
         print("\nin-process (models loaded and warm; encode timed):")
         _print(rows)
+    results = [
+        {"model": m, "texts": s, "path": path, "kind": "in-process", "ratio": ratio, "cos": cos}
+        for m, s, _, _, path, _, ratio, cos in rows
+    ]
     if args.whole_process:
         for model_name in args.whole_models.split(","):
-            _whole_process(model_name, args)
+            results += _whole_process(model_name, args)
     print(f"load average after: {host.load()}")
+    print(host.RESULTS, json.dumps(results))  # for cpu_table.py
 
 
 # The reference a user of sentence-transformers would run from the shell.
@@ -186,7 +192,7 @@ np.save(sys.argv[3], SentenceTransformer(sys.argv[1], device=sys.argv[4]).encode
 """
 
 
-def _whole_process(model_name: str, args: argparse.Namespace) -> None:
+def _whole_process(model_name: str, args: argparse.Namespace) -> list[dict]:
     """Fresh processes, start to exit: sentence-transformers against the CLI, fp32 and int8."""
 
     path = _model_path(model_name)
@@ -239,12 +245,25 @@ def _whole_process(model_name: str, args: argparse.Namespace) -> None:
     st = statistics.median(times["st encode (defaults)"])
     head = f"{'command':<40} {'wall s':>8} {'ratio':>6} {'start-up s':>11}"
     print(f"{head}  cosine to st (mean / min)")
+    results = []
     for name, values in times.items():
         median = statistics.median(values)
         start = f"{statistics.median(fixed[name]):>11.1f}" if fixed else f"{'':>11}"
         cos = agreement.get(name)
         cos_text = "" if cos is None else f"{cos[0]:.6f} / {cos[1]:.6f}"
         print(f"{name:<40} {median:>8.1f} {st / median:>5.2f}x {start}  {cos_text}")
+        path = {"st encode (defaults)": "st encode"}.get(name, name)
+        results.append(
+            {
+                "model": model_name,
+                "texts": f"short x{len(texts)}",
+                "path": path,
+                "kind": "whole process",
+                "ratio": st / median,
+                "cos": cos,
+            }
+        )
+    return results
 
 
 def _timed(command: list[str], env: dict[str, str]) -> float:
