@@ -385,7 +385,7 @@ class Reading:
             path = getattr(item, "path", None)
             if path is not None and path != last:
                 self.files, last = self.files + 1, path
-            self.passages += 1
+            self.passages += item.count if isinstance(item, passages.KeptFile) else 1
             yield item
 
     def __str__(self) -> str:
@@ -573,10 +573,16 @@ class PassageOptions:
 
 
 def _passage_corpus(
-    session: Session, embedder: Embedder, spec: InputSpec, options: PassageOptions, prompt: str
+    session: Session,
+    embedder: Embedder,
+    spec: InputSpec,
+    options: PassageOptions,
+    prompt: str,
+    kept_files: bool = False,
 ) -> tuple[Iterator[Any], dict[str, int]]:
     """Text arguments as they are, files and folders as passages: checked now (sizes, names,
-    an empty corpus), read as they are embedded. The skips are counted as the walk goes."""
+    an empty corpus), read as they are embedded. The skips are counted as the walk goes.
+    ``kept_files``: a file whose passages were kept comes whole (``Splitter.passages``)."""
     splitter = passages.Splitter.for_embedder(
         embedder, options.tokens, options.overlap, prompt, warn=session.warn
     )
@@ -596,7 +602,9 @@ def _passage_corpus(
     items = session.reading.count(
         itertools.chain(
             iter_texts(plain),
-            splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
+            splitter.passages(
+                names, skip, session.stdin, spec.max_line_bytes, kept_files=kept_files
+            ),
         )
     )
     first = next(items, None)
@@ -937,7 +945,8 @@ def similar(
             corpus: Any = stored.texts
         elif split.on:
             prompt = embedder.prompt_text(role="document")
-            corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt)
+            # Files searched before come whole: their vectors are scored as kept, per file.
+            corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt, True)
         else:
             corpus = found
         with session.progress(embedder, None if split.on else total if corpus_size else 0):
