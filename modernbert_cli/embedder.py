@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
@@ -543,9 +543,9 @@ def rank(
             pending.append(item)
         elif kept is None:
             pending.extend(_read_whole(item))
-        elif (vectors := kept(item.block_key)) is not None:
+        elif (vectors := kept(item.block_key)) is not None and len(vectors) == item.count:
             flush()  # rows are numbered in corpus order
-            best.add(query_vectors, vectors, lambda item=item: _read_whole(item))
+            best.add(query_vectors, vectors, _Rows(item))
         else:
             passages = _read_whole(item)
             blocks.append((item.block_key, len(pending), len(pending) + len(passages)))
@@ -553,7 +553,55 @@ def rank(
         if len(pending) >= size:
             flush()
     flush()
-    return best.results()
+    return _with_passages(best.results())
+
+
+@dataclass(frozen=True)
+class _Row:
+    """Row ``row`` of a kept file, its passage not read yet (``path`` is all that
+    ``distinct`` asks of it, for one passage per file)."""
+
+    file: Any  # a KeptFile
+    row: int
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+
+class _Rows(Sequence[_Row]):
+    """The rows of a kept file as ranking labels: made only for the rows kept."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def __len__(self) -> int:
+        return int(self.file.count)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [_Row(self.file, k) for k in range(*i.indices(len(self)))]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return _Row(self.file, i)
+
+
+def _with_passages(results: list[list[Hit]]) -> list[list[Hit]]:
+    """The hits with each kept file's row replaced by its passage: the files that hold a
+    hit are read, each once; no other file is."""
+    from modernbert_cli.hits import Hit
+
+    files = {hit.item.file: None for hits in results for hit in hits if isinstance(hit.item, _Row)}
+    read = {file: _read_whole(file) for file in files}
+    return [
+        [
+            Hit(hit.rank, hit.index, hit.score, read[hit.item.file][hit.item.row])
+            if isinstance(hit.item, _Row)
+            else hit
+            for hit in hits
+        ]
+        for hits in results
+    ]
 
 
 def _read_whole(file: Any) -> list[Any]:

@@ -84,6 +84,7 @@ class Encoder:
         self._expected = expected_texts
         self._loader = loader
         self._ranges: dict[str, np.ndarray] = {}  # int8/uint8 calibration, per role
+        # By (prompt, task), and by (options, role) as asked.
         self._fingerprints: dict[tuple[Any, ...], str] = {}
         self._counts: dict[str, list[int]] = {}  # fingerprint -> [hits, misses]
         self._model: Any = None
@@ -325,6 +326,10 @@ class Encoder:
         if files is not None and files.directory is None:
             _ = self.model  # a hub model not yet downloaded: its files come with it
             self.files = files = files.refreshed()
+        # Asked once per file of a folder: the prompt is not looked up in the files again.
+        asked = (options, role)
+        if asked in self._fingerprints:
+            return self._fingerprints[asked]
         # The prompt text, not how it was asked for: embed and similar share entries.
         prompt = self.prompt_text(options, role)
         task = role if files is not None and files.has_router() else None
@@ -333,6 +338,7 @@ class Encoder:
             settings = {**self._settings, "prompt": prompt, "task": task}
             directory = files.directory if files is not None else None
             self._fingerprints[key] = fingerprint(directory, self.name, settings)
+        self._fingerprints[asked] = self._fingerprints[key]
         return self._fingerprints[key]
 
     def _encode_with_sentence_transformers(

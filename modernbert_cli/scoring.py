@@ -127,25 +127,9 @@ class TopK:
         self._indices = [np.empty(0, dtype=np.int64) for _ in range(queries)]
         self._items: dict[int, Any] = {}
 
-    def add(
-        self,
-        queries: np.ndarray,
-        corpus: np.ndarray,
-        items: Sequence[Any] | Callable[[], Sequence[Any]],
-    ) -> None:
-        """Score one chunk of the corpus (``items`` label its rows) and keep the best.
-
-        ``items`` may be a function giving them, called only when a row of the chunk is
-        among the best so far: a file's passages are read only when it has a hit.
-        """
+    def add(self, queries: np.ndarray, corpus: np.ndarray, items: Sequence[Any]) -> None:
+        """Score one chunk of the corpus (``items`` label its rows) and keep the best."""
         corpus64 = _as_float(corpus)
-        if callable(items):
-            if not self._any_better(queries, corpus64):
-                self.seen += len(corpus)
-                return
-            items = items()
-            if len(items) != len(corpus):
-                raise ValueError(f"{len(items)} items label {len(corpus)} rows")
         offset, self.seen = self.seen, self.seen + len(corpus)
         for start in range(0, len(queries), _ROW_CHUNK):
             block = _as_float(queries[start : start + _ROW_CHUNK])
@@ -154,27 +138,6 @@ class TopK:
                 self._merge(row, chunk_scores, offset, items)
         kept = {int(i) for indices in self._indices for i in indices}
         self._items = {i: self._items[i] if i < offset else items[i - offset] for i in kept}
-
-    def _any_better(self, queries: np.ndarray, corpus64: np.ndarray) -> bool:
-        """Whether some row of ``corpus64`` would join some query's best: above the
-        threshold and, once ``k`` are kept, above the last of them (a tie comes later in
-        corpus order, so it would not)."""
-        for start in range(0, len(queries), _ROW_CHUNK):
-            block = _as_float(queries[start : start + _ROW_CHUNK])
-            scores = _scores(block, corpus64, self.metric).astype(np.float32)
-            best = np.where(np.isnan(scores), np.inf, scores).max(axis=1)  # NaN: maybe
-            # Compared as _merge compares: float32 scores against the threshold as given.
-            passing = (
-                best >= self.threshold
-                if self.threshold is not None
-                else np.ones(len(best), dtype=bool)
-            )
-            for row, (score, passes) in enumerate(zip(best, passing, strict=True), start):
-                kept = self._scores[row]
-                # "not <=": a NaN anywhere says maybe (reading the items is never wrong).
-                if passes and (self.k is None or len(kept) < self.k or not score <= kept[-1]):
-                    return True
-        return False
 
     def _merge(self, row: int, chunk_scores: np.ndarray, offset: int, items: Sequence[Any]) -> None:
         indices = np.arange(offset, offset + len(chunk_scores))
