@@ -210,3 +210,18 @@ def test_kept_rows_are_evicted_within_the_bound(tmp_path):
     newest = cache.block("fp", (149).to_bytes(16, "big"))
     assert newest is not None and newest[0].shape == (12, 384)
     assert cache.block("fp", (0).to_bytes(16, "big")) is None  # the oldest went
+
+
+def test_a_file_of_more_passages_than_one_row_holds_streams_as_passages(
+    cli, tmp_path, tiny_model, monkeypatch
+):
+    from modernbert_cli import passages
+
+    root = folder(tmp_path, files=2)
+    (root / "big.txt").write_text("\n".join(FILLER * 60) + "\n")
+    expected = search(cli, root, tiny_model, "--no-cache")
+    monkeypatch.setattr(passages, "MAX_WHOLE_PASSAGES", 100)  # big.txt has more
+    assert search(cli, root, tiny_model) == expected  # cut: big.txt given as it is cut
+    assert blocks() == 2
+    assert search(cli, root, tiny_model) == expected  # kept: big.txt read as passages
+    assert blocks() == 2
