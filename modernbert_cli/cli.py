@@ -416,6 +416,18 @@ class Session:
         return self._stderr
 
     @property
+    def stderr_is_terminal(self) -> bool:
+        """Whether stderr is a terminal, as Rich decides; a plain pipe or file is known for
+        none without making the console (rich.console costs a warm folder query 10%)."""
+        if self._stderr is None and not _terminal_forced():
+            try:
+                if not (sys.stderr is not None and sys.stderr.isatty()):
+                    return False
+            except ValueError:  # closed
+                return False
+        return self.stderr.is_terminal
+
+    @property
     def stdout_is_terminal(self) -> bool:
         return sys.stdout.isatty()
 
@@ -442,7 +454,7 @@ class Session:
 
     def loading(self, name: str) -> Any:
         """A spinner on stderr while a model loads (not with -q, in a pipe, or under a bar)."""
-        if self.quiet or not self.stderr.is_terminal or self._live:
+        if self.quiet or not self.stderr_is_terminal or self._live:
             return nullcontext()
         return self.stderr.status(f"loading {name} …", spinner="dots")
 
@@ -467,9 +479,8 @@ class Session:
     def progress(self, embedder: Embedder, total: int | None) -> Iterator[None]:
         """A progress bar on stderr for jobs worth one: texts, tokens/s, time left. With no
         total (passages, cut as they are embedded): passages and files read, time spent."""
-        # The size first: asking the console about the terminal makes one (rich.console).
         small = total is not None and total < _PROGRESS_MIN_TEXTS
-        if self.quiet or small or not self.stderr.is_terminal:
+        if self.quiet or small or not self.stderr_is_terminal:
             yield
             return
         from rich.progress import (
@@ -1414,6 +1425,11 @@ def _take_flag(argv: list[str], flag: str) -> bool:
         argv.remove(flag)
         return True
     return False
+
+
+def _terminal_forced() -> bool:
+    """Whether the environment tells Rich that any stream is a terminal (as Rich reads it)."""
+    return os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR") is not None
 
 
 def _stderr_console() -> Console:

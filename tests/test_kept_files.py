@@ -225,3 +225,30 @@ def test_a_file_of_more_passages_than_one_row_holds_streams_as_passages(
     assert blocks() == 2
     assert search(cli, root, tiny_model) == expected  # kept: big.txt read as passages
     assert blocks() == 2
+
+
+def test_a_cached_folder_query_in_a_pipe_imports_neither_torch_nor_rich_console(
+    cli, tmp_path, tiny_model
+):
+    """All it needs is cached: no model; stderr is a pipe: no progress bar, no console."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root = folder(tmp_path, files=2)
+    first = search(cli, root, tiny_model)
+    args = ["similar", "where does the cat sleep?", "--passages", "-i", str(root), "-m",
+            tiny_model, "--passage-tokens", "32", "-f", "jsonl"]  # fmt: skip
+    child = (
+        "import sys, json; from modernbert_cli.cli import run; c = run(json.loads(sys.argv[1])); "
+        "print(sorted(m for m in ('torch', 'rich.console') if m in sys.modules), "
+        "file=sys.stderr); sys.exit(c)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child, json.dumps(args)], capture_output=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode().strip().splitlines()[-1] == "[]"
+    assert result.stdout.decode() == first
