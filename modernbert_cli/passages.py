@@ -393,7 +393,7 @@ class Splitter:
         given = 0
         entry = cache.find(key, path) if cache is not None and key is not None else None
         whole = whole and key is not None
-        if whole and entry is not None and 0 < entry.passages <= MAX_WHOLE_PASSAGES:
+        if whole and entry and entry.digest and 0 < entry.passages <= MAX_WHOLE_PASSAGES:
             assert key is not None
 
             def read() -> Iterator[Passage]:
