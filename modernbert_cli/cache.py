@@ -82,11 +82,26 @@ _SCHEMA = (
         UNIQUE (model, text_key)
     )""",
     "CREATE INDEX IF NOT EXISTS embeddings_last_used ON embeddings (last_used)",
+    # A whole file's passage vectors in one row (rows × dimensions float32), keyed by how
+    # the file was cut and its content: a repeat query over a folder reads a row per file,
+    # not per passage. Copies of rows of `embeddings`, which an edited file re-uses.
+    """CREATE TABLE IF NOT EXISTS blocks (
+        model INTEGER NOT NULL REFERENCES models (id),
+        block_key BLOB NOT NULL,
+        rows INTEGER NOT NULL,
+        truncated INTEGER NOT NULL,
+        vectors BLOB NOT NULL,
+        crc INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        UNIQUE (model, block_key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS blocks_last_used ON blocks (last_used)",
 )
 # The columns each table must have; a file whose tables lack them is damaged.
 _COLUMNS = {
     "models": {"id", "fingerprint", "name", "hits", "misses", "last_used"},
     "embeddings": {"model", "text_key", "vector", "truncated", "crc", "last_used"},
+    "blocks": {"model", "block_key", "rows", "truncated", "vectors", "crc", "last_used"},
 }
 # Columns added later: older versions name their columns in every statement, so they
 # still read and write a file that has these, and the format number stays 1.
@@ -439,6 +454,76 @@ class EmbeddingCache:
         except sqlite3.Error as error:
             self._fail(error)
 
+    def block(self, fingerprint: str, key: bytes) -> tuple[np.ndarray, int] | None:
+        """The vectors kept for a whole file under ``key`` (rows × dimensions float32, in
+        passage order) and how many of its passages were truncated; None when none is kept,
+        or the row fails its check (counted in :attr:`damaged`)."""
+        import numpy
+
+        db = self._connect()
+        if db is None:
+            return None
+        try:
+            model = self._model_id(db, fingerprint)
+            if model is None:
+                return None
+            row = db.execute(
+                "SELECT rowid, rows, truncated, vectors, crc, last_used FROM blocks "
+                "WHERE model = ? AND block_key = ?",
+                (model, key),
+            ).fetchone()
+            if row is None:
+                return None
+            rowid, rows, truncated, blob, crc, last_used = row
+            whole = rows > 0 and isinstance(blob, bytes) and len(blob) % (4 * rows) == 0
+            if not whole or _block_crc(fingerprint, key, rows, truncated, blob) != crc:
+                self.damaged += 1
+                return None
+            now = int(time.time())
+            if last_used < now - _TOUCH_S:
+                db.execute("UPDATE blocks SET last_used = ? WHERE rowid = ?", (now, rowid))
+        except sqlite3.Error as error:
+            self._fail(error)
+            return None
+        return numpy.frombuffer(blob, dtype="<f4").reshape(rows, -1), truncated
+
+    def store_block(
+        self,
+        fingerprint: str,
+        name: str,
+        key: bytes,
+        vectors: np.ndarray,
+        truncated: int,
+        folder: Path | None = None,
+    ) -> None:
+        """Keep a whole file's vectors under ``key`` (replacing what was kept there)."""
+        import numpy
+
+        db = self._connect()
+        if db is None or not len(vectors):
+            return
+        blob = numpy.ascontiguousarray(vectors, dtype="<f4").tobytes()
+        if len(blob) > self.max_bytes * _MAIN_SHARE / 32:  # as a slice of store's rows
+            return  # a file too big for this bound: its passages' rows serve it
+        rows, crc = len(vectors), _block_crc(fingerprint, key, len(vectors), truncated, blob)
+
+        def write() -> None:
+            with _transaction(db):
+                model = self._model_id(db, fingerprint, name, folder, create=True)
+                db.execute(
+                    "INSERT OR REPLACE INTO blocks "
+                    "(model, block_key, rows, truncated, vectors, crc, last_used) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (model, key, rows, truncated, blob, crc, int(time.time())),
+                )
+
+        try:
+            self._evict(db, incoming=len(blob) + _ROW_OVERHEAD)
+            _retry_busy(write)
+            self._shrink(db)
+        except sqlite3.Error as error:
+            self._fail(error)
+
     @staticmethod
     def _model_id(
         db: sqlite3.Connection,
@@ -485,19 +570,24 @@ class EmbeddingCache:
         size = _size(db)
         if size + incoming <= bound:
             return
-        count = db.execute("SELECT count(*) FROM embeddings").fetchone()[0]
-        if not count:
+        counts = {
+            table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("embeddings", "blocks")
+        }
+        if not any(counts.values()):
             return
         # Rows are about the same size: drop the share that leaves room for the new
         # ones and 5% more, so that eviction does not run again at the very next slice.
+        # Files' blocks go in the same share as passages' rows (both least recent first).
         keep = max(0.0, 0.95 * bound - incoming) / size
-        target = int(count * (1 - keep)) + 1
         with _transaction(db):
-            db.execute(
-                "DELETE FROM embeddings WHERE rowid IN "
-                "(SELECT rowid FROM embeddings ORDER BY last_used LIMIT ?)",
-                (target,),
-            )
+            for table, count in counts.items():
+                if count:
+                    db.execute(
+                        f"DELETE FROM {table} WHERE rowid IN "
+                        f"(SELECT rowid FROM {table} ORDER BY last_used LIMIT ?)",
+                        (int(count * (1 - keep)) + 1,),
+                    )
 
     def _shrink(self, db: sqlite3.Connection) -> None:
         """Give free pages back when the file is past its bound (made by an older version,
@@ -564,13 +654,13 @@ class EmbeddingCache:
             with _transaction(db):
                 if name is None and doomed is None:
                     deleted = db.execute("DELETE FROM embeddings").rowcount
+                    db.execute("DELETE FROM blocks")
                     db.execute("DELETE FROM models")
                 else:
                     where, args = _which(name, doomed)
-                    deleted = db.execute(
-                        f"DELETE FROM embeddings WHERE model IN (SELECT id FROM models {where})",
-                        args,
-                    ).rowcount
+                    models = f"model IN (SELECT id FROM models {where})"
+                    deleted = db.execute(f"DELETE FROM embeddings WHERE {models}", args).rowcount
+                    db.execute(f"DELETE FROM blocks WHERE {models}", args)
                     db.execute(f"DELETE FROM models {where}", args)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
@@ -726,3 +816,8 @@ def _size(db: sqlite3.Connection) -> int:
 
 def _crc(fingerprint: str, key: bytes, blob: bytes, truncated: bool | int) -> int:
     return zlib.crc32(blob, zlib.crc32(key, zlib.crc32(f"{fingerprint}{int(truncated)}".encode())))
+
+
+def _block_crc(fingerprint: str, key: bytes, rows: int, truncated: int, blob: bytes) -> int:
+    head = zlib.crc32(f"{fingerprint}{rows}:{truncated}".encode())
+    return zlib.crc32(blob, zlib.crc32(key, head))

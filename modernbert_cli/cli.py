@@ -385,7 +385,7 @@ class Reading:
             path = getattr(item, "path", None)
             if path is not None and path != last:
                 self.files, last = self.files + 1, path
-            self.passages += 1
+            self.passages += item.count if isinstance(item, passages.KeptFile) else 1
             yield item
 
     def __str__(self) -> str:
@@ -416,6 +416,18 @@ class Session:
         return self._stderr
 
     @property
+    def stderr_is_terminal(self) -> bool:
+        """Whether stderr is a terminal, as Rich decides; a plain pipe or file is known for
+        none without making the console (rich.console costs a warm folder query 10%)."""
+        if self._stderr is None and not _terminal_forced():
+            try:
+                if not (sys.stderr is not None and sys.stderr.isatty()):
+                    return False
+            except ValueError:  # closed
+                return False
+        return self.stderr.is_terminal
+
+    @property
     def stdout_is_terminal(self) -> bool:
         return sys.stdout.isatty()
 
@@ -442,7 +454,7 @@ class Session:
 
     def loading(self, name: str) -> Any:
         """A spinner on stderr while a model loads (not with -q, in a pipe, or under a bar)."""
-        if self.quiet or not self.stderr.is_terminal or self._live:
+        if self.quiet or not self.stderr_is_terminal or self._live:
             return nullcontext()
         return self.stderr.status(f"loading {name} …", spinner="dots")
 
@@ -467,9 +479,8 @@ class Session:
     def progress(self, embedder: Embedder, total: int | None) -> Iterator[None]:
         """A progress bar on stderr for jobs worth one: texts, tokens/s, time left. With no
         total (passages, cut as they are embedded): passages and files read, time spent."""
-        # The size first: asking the console about the terminal makes one (rich.console).
         small = total is not None and total < _PROGRESS_MIN_TEXTS
-        if self.quiet or small or not self.stderr.is_terminal:
+        if self.quiet or small or not self.stderr_is_terminal:
             yield
             return
         from rich.progress import (
@@ -573,10 +584,16 @@ class PassageOptions:
 
 
 def _passage_corpus(
-    session: Session, embedder: Embedder, spec: InputSpec, options: PassageOptions, prompt: str
+    session: Session,
+    embedder: Embedder,
+    spec: InputSpec,
+    options: PassageOptions,
+    prompt: str,
+    kept_files: bool = False,
 ) -> tuple[Iterator[Any], dict[str, int]]:
     """Text arguments as they are, files and folders as passages: checked now (sizes, names,
-    an empty corpus), read as they are embedded. The skips are counted as the walk goes."""
+    an empty corpus), read as they are embedded. The skips are counted as the walk goes.
+    ``kept_files``: a file whose passages were kept comes whole (``Splitter.passages``)."""
     splitter = passages.Splitter.for_embedder(
         embedder, options.tokens, options.overlap, prompt, warn=session.warn
     )
@@ -596,7 +613,9 @@ def _passage_corpus(
     items = session.reading.count(
         itertools.chain(
             iter_texts(plain),
-            splitter.passages(names, skip, session.stdin, spec.max_line_bytes),
+            splitter.passages(
+                names, skip, session.stdin, spec.max_line_bytes, kept_files=kept_files
+            ),
         )
     )
     first = next(items, None)
@@ -937,7 +956,8 @@ def similar(
             corpus: Any = stored.texts
         elif split.on:
             prompt = embedder.prompt_text(role="document")
-            corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt)
+            # Files searched before come whole: their vectors are scored as kept, per file.
+            corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt, True)
         else:
             corpus = found
         with session.progress(embedder, None if split.on else total if corpus_size else 0):
@@ -1405,6 +1425,11 @@ def _take_flag(argv: list[str], flag: str) -> bool:
         argv.remove(flag)
         return True
     return False
+
+
+def _terminal_forced() -> bool:
+    """Whether the environment tells Rich that any stream is a terminal (as Rich reads it)."""
+    return os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR") is not None
 
 
 def _stderr_console() -> Console:

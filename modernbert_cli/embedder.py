@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
-from modernbert_cli.errors import SettingError
+from modernbert_cli.errors import InputError, SettingError
 from modernbert_cli.settings import DEFAULT_MODEL, Settings
 
 if TYPE_CHECKING:
@@ -341,14 +341,23 @@ class Embedder:
                 )
                 if answered is not None:
                     return answered
+            options = self._options(truncate_dim=truncate_dim)
+            self.encoder.check(options)
+
+            def embed(
+                texts: list[str], role: Role, blocks: Sequence[tuple[bytes, int, int]] = ()
+            ) -> np.ndarray:
+                return self.encoder.encode(texts, options, role=role, blocks=blocks)
+
             return rank(
-                lambda texts, role: self.embed(texts, role=role, truncate_dim=truncate_dim),
+                embed,
                 _strings(queries),
                 corpus,
                 top_k=top_k,
                 threshold=threshold,
                 metric=metric,
                 distinct=distinct,
+                kept=lambda key: self.encoder.encode_kept(key, options, role="document"),
             )
         from modernbert_cli.scoring import TopK
 
@@ -384,9 +393,20 @@ class Embedder:
 
         if not self.settings.server or self.encoder.server is None:
             return None, corpus
+        from modernbert_cli.passages import KeptFile
+
         iterator = iter(corpus)
-        head = list(islice(iterator, client.MAX_INPUTS + 1))
-        corpus = chain(head, iterator)
+        head, size = [], 0
+        for item in iterator:  # one request's worth, a kept file counted by its passages
+            head.append(item)
+            size += item.count if isinstance(item, KeptFile) else 1
+            if size > client.MAX_INPUTS:
+                return None, chain(head, iterator)
+        corpus = head = [
+            passage
+            for item in head
+            for passage in (_read_whole(item) if isinstance(item, KeptFile) else [item])
+        ]
         try:  # one request's worth (a bigger corpus streams past here, a chunk at a time)
             fits = len(client.request_parts([*_strings(queries), *_strings(head)])) == 1
         except client.ServerError:  # a text over the server's limit: ranked here
@@ -481,7 +501,7 @@ class Embedder:
 
 
 def rank(
-    embed: Callable[[list[str], Role], np.ndarray],
+    embed: Callable[..., np.ndarray],
     queries: list[str],
     corpus: Iterable[Any],
     *,
@@ -489,19 +509,107 @@ def rank(
     threshold: float | None,
     metric: str,
     distinct: Callable[[Any], Hashable] | None = None,
+    kept: Callable[[bytes], np.ndarray | None] | None = None,
 ) -> list[list[Hit]]:
     """For each query, the best of ``corpus`` (streamed a chunk at a time) by ``metric``.
 
     ``embed(texts, role)`` gives the vectors; the warm server ranks with this too, so
-    its answers are the ones this process would give.
+    its answers are the ones this process would give. A
+    :class:`~modernbert_cli.passages.KeptFile` in ``corpus`` stands for its passages:
+    ``kept(key)`` gives their vectors as kept for the whole file, scored as one matrix
+    and its passages read only if one is among the best; a file with none kept is read
+    and embedded with the rest, ``embed(texts, role, blocks)`` told its rows (key,
+    start, end) so that they are kept for the next query.
     """
+    from modernbert_cli.passages import KeptFile
     from modernbert_cli.scoring import TopK
 
     query_vectors = embed(queries, "query")
     best = TopK(len(queries), metric, k=top_k, threshold=threshold, distinct=distinct)
-    for chunk in chunks(corpus):
-        best.add(query_vectors, embed(_strings(chunk), "document"), chunk)
-    return best.results()
+    size = CHUNK_TEXTS  # read at call time: tests make it small
+    pending: list[Any] = []
+    blocks: list[tuple[bytes, int, int]] = []
+
+    def flush() -> None:
+        if pending:
+            texts = _strings(pending)
+            vectors = embed(texts, "document", blocks) if blocks else embed(texts, "document")
+            best.add(query_vectors, vectors, list(pending))
+            pending.clear()
+            blocks.clear()
+
+    for item in corpus:
+        if not isinstance(item, KeptFile):
+            pending.append(item)
+        elif kept is None:
+            pending.extend(_read_whole(item))
+        elif (vectors := kept(item.block_key)) is not None and len(vectors) == item.count:
+            flush()  # rows are numbered in corpus order
+            best.add(query_vectors, vectors, _Rows(item))
+        else:
+            passages = _read_whole(item)
+            blocks.append((item.block_key, len(pending), len(pending) + len(passages)))
+            pending.extend(passages)
+        if len(pending) >= size:
+            flush()
+    flush()
+    return _with_passages(best.results())
+
+
+@dataclass(frozen=True)
+class _Row:
+    """Row ``row`` of a kept file, its passage not read yet (``path`` is all that
+    ``distinct`` asks of it, for one passage per file)."""
+
+    file: Any  # a KeptFile
+    row: int
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+
+class _Rows(Sequence[_Row]):
+    """The rows of a kept file as ranking labels: made only for the rows kept."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def __len__(self) -> int:
+        return int(self.file.count)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [_Row(self.file, k) for k in range(*i.indices(len(self)))]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return _Row(self.file, i)
+
+
+def _with_passages(results: list[list[Hit]]) -> list[list[Hit]]:
+    """The hits with each kept file's row replaced by its passage: the files that hold a
+    hit are read, each once; no other file is."""
+    from modernbert_cli.hits import Hit
+
+    files = {hit.item.file: None for hits in results for hit in hits if isinstance(hit.item, _Row)}
+    read = {file: _read_whole(file) for file in files}
+    return [
+        [
+            Hit(hit.rank, hit.index, hit.score, read[hit.item.file][hit.item.row])
+            if isinstance(hit.item, _Row)
+            else hit
+            for hit in hits
+        ]
+        for hits in results
+    ]
+
+
+def _read_whole(file: Any) -> list[Any]:
+    """The passages of a :class:`~modernbert_cli.passages.KeptFile`, as many as it said."""
+    passages = list(file.passages())
+    if len(passages) != file.count:
+        raise InputError(f"{file.path}: changed while it was searched; search again")
+    return passages
 
 
 def chunks(items: Iterable[Any], size: int | None = None) -> Iterator[list[Any]]:

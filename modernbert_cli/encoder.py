@@ -84,6 +84,7 @@ class Encoder:
         self._expected = expected_texts
         self._loader = loader
         self._ranges: dict[str, np.ndarray] = {}  # int8/uint8 calibration, per role
+        # By (prompt, task), and by (options, role) as asked.
         self._fingerprints: dict[tuple[Any, ...], str] = {}
         self._counts: dict[str, list[int]] = {}  # fingerprint -> [hits, misses]
         self._model: Any = None
@@ -177,21 +178,55 @@ class Encoder:
         texts: Sequence[str],
         options: EncodeOptions = EncodeOptions(),
         role: Role | None = None,
+        blocks: Sequence[tuple[bytes, int, int]] = (),
     ) -> np.ndarray:
         """Embeddings for ``texts`` in input order, equal to sentence-transformers' own.
 
         ``role`` picks the model's ``query``/``document`` prompt when it defines one
         (as ``encode_query``/``encode_document`` do); an explicit prompt wins. In a
         stream of calls, int8/uint8 use the ranges of the first call, so every chunk
-        is quantized alike.
+        is quantized alike. Each of ``blocks`` (key, start, end) names the texts of a
+        whole file: their vectors are also kept in the cache as one row, for
+        :meth:`encode_kept`.
         """
+        raw, truncated = self._raw(texts, options, role)
+        if blocks and self.cache is not None and not self.cache.disabled:
+            fingerprint = self.fingerprint(options, role)
+            for key, start, end in blocks:
+                cut = int(truncated[start:end].sum())
+                self.cache.store_block(
+                    fingerprint, self.name, key, raw[start:end], cut, self._folder()
+                )
+        return self._finish(raw, int(truncated.sum()), options, role)
+
+    def encode_kept(
+        self, key: bytes, options: EncodeOptions = EncodeOptions(), role: Role | None = None
+    ) -> np.ndarray | None:
+        """The vectors of a whole file's texts as :meth:`encode` kept them under ``key``
+        (one cache row, not one per text); None when none are kept."""
+        if self.cache is None or self.cache.disabled:
+            return None
+        fingerprint = self.fingerprint(options, role)
+        found = self.cache.block(fingerprint, key)
+        if found is None:
+            return None
+        raw, cut = found
+        self.hits += len(raw)
+        self._counts.setdefault(fingerprint, [0, 0])[0] += len(raw)
+        if self.progress is not None:
+            self.progress(len(raw), 0)
+        return self._finish(raw, cut, options, role)
+
+    def _finish(
+        self, raw: np.ndarray, cut: int, options: EncodeOptions, role: Role | None
+    ) -> np.ndarray:
+        """The model's float32 vectors as ``options`` ask (dimensions, normalised,
+        precision), the truncated texts counted."""
         import numpy as np
 
-        raw, truncated = self._raw(texts, options, role)
-        cut = int(truncated.sum())
         self.truncated += cut
         counts = self.by_role.setdefault(role, [0, 0])
-        counts[0] += len(texts)
+        counts[0] += len(raw)
         counts[1] += cut
         if options.truncate_dim is not None:
             if not 1 <= options.truncate_dim <= raw.shape[1]:
@@ -291,6 +326,10 @@ class Encoder:
         if files is not None and files.directory is None:
             _ = self.model  # a hub model not yet downloaded: its files come with it
             self.files = files = files.refreshed()
+        # Asked once per file of a folder: the prompt is not looked up in the files again.
+        asked = (options, role)
+        if asked in self._fingerprints:
+            return self._fingerprints[asked]
         # The prompt text, not how it was asked for: embed and similar share entries.
         prompt = self.prompt_text(options, role)
         task = role if files is not None and files.has_router() else None
@@ -299,6 +338,7 @@ class Encoder:
             settings = {**self._settings, "prompt": prompt, "task": task}
             directory = files.directory if files is not None else None
             self._fingerprints[key] = fingerprint(directory, self.name, settings)
+        self._fingerprints[asked] = self._fingerprints[key]
         return self._fingerprints[key]
 
     def _encode_with_sentence_transformers(

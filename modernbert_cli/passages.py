@@ -71,6 +71,38 @@ class Passage:
         return f"{self.path}:{self.start}-{self.end}"
 
 
+# A file of more passages is never one KeptFile: neither its passages nor their vectors
+# are held at once (a huge file streams past as passages).
+MAX_WHOLE_PASSAGES = 16384
+
+
+@dataclass(frozen=True)
+class KeptFile:
+    """A file's passages as one item: known by its content and how many passages it has,
+    its passages read (:meth:`passages`, from the split cache) only when wanted.
+
+    ``block_key`` names how it was cut and its bytes: what the embedding cache keeps the
+    vectors of its passages under, as one row (:meth:`~modernbert_cli.cache.EmbeddingCache.block`).
+    """
+
+    path: str
+    count: int
+    block_key: bytes
+    read: Callable[[], Iterator[Passage]] = field(repr=False, compare=False)
+
+    def passages(self) -> Iterator[Passage]:
+        """Its passages, as :meth:`Splitter.passages` gives them (cut afresh if their entry
+        turns out damaged)."""
+        return self.read()
+
+
+def block_key(split_key: str, digest: bytes) -> bytes:
+    """16 bytes naming a file's passages: how it was cut, and its content."""
+    import hashlib
+
+    return hashlib.blake2b(split_key.encode() + digest, digest_size=16).digest()
+
+
 @dataclass(frozen=True)
 class Tokens:
     """How a model counts tokens: the spans of each text's tokens, special tokens left out.
@@ -303,14 +335,17 @@ class Splitter:
         on_skip: walking.OnSkip | None = None,
         stdin: Any = None,
         max_line_bytes: int = MAX_LINE_BYTES,
-    ) -> Iterator[Passage]:
+        *,
+        kept_files: bool = False,
+    ) -> Iterator[Passage | KeptFile]:
         """The passages of each file named, and of each text file under each folder named.
 
         A named file must be UTF-8 text (an error names the line otherwise); files found
         in a folder are filtered as :func:`modernbert_cli.walk.walk` says, and skips
         reported. ``-`` names standard input (``stdin``, an
         :class:`~modernbert_cli.inputs.Stdin`). A line over ``max_line_bytes`` is an
-        error (a guard against endless input).
+        error (a guard against endless input). With ``kept_files``, a file whose
+        passages the split cache kept is one :class:`KeptFile`, its passages not read.
         """
         skip = on_skip or (lambda skipped: None)
         key = self.key(max_line_bytes) if self.cache is not None and self.identity else None
@@ -321,9 +356,13 @@ class Splitter:
                     yield from self._stdin(stdin, position, max_line_bytes)
                 elif path.is_dir():
                     for file in walking.walk(path, skip):
-                        yield from self._file(file, skip, max_line_bytes, key, strict=False)
+                        yield from self._file(
+                            file, skip, max_line_bytes, key, strict=False, whole=kept_files
+                        )
                 else:
-                    yield from self._file(path, skip, max_line_bytes, key, strict=True)
+                    yield from self._file(
+                        path, skip, max_line_bytes, key, strict=True, whole=kept_files
+                    )
         finally:
             self.close()
 
@@ -343,11 +382,25 @@ class Splitter:
         key: str | None,
         *,
         strict: bool,
-    ) -> Iterator[Passage]:
-        """A file's passages: as kept by the cache when the file is unchanged, else cut."""
+        whole: bool = False,
+    ) -> Iterator[Passage | KeptFile]:
+        """A file's passages: as kept by the cache when the file is unchanged, else cut.
+
+        ``whole`` (with a cache): a file of at most :data:`MAX_WHOLE_PASSAGES` passages is
+        one :class:`KeptFile` (when cut, once cut: its content is then known).
+        """
         cache = self.cache if key is not None else None
         given = 0
         entry = cache.find(key, path) if cache is not None and key is not None else None
+        whole = whole and key is not None
+        if whole and entry and entry.digest and 0 < entry.passages <= MAX_WHOLE_PASSAGES:
+            assert key is not None
+
+            def read() -> Iterator[Passage]:
+                return self._file(path, skip, max_line_bytes, key, strict=strict)  # type: ignore[return-value]
+
+            yield KeptFile(str(path), entry.passages, block_key(key, entry.digest), read)
+            return
         if cache is not None and entry is not None:
             from modernbert_cli.split_cache import Damaged
 
@@ -371,16 +424,28 @@ class Splitter:
                 return
             raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
         found = 0
+        # Whole: the passages held until the file is read, up to the most a KeptFile has.
+        held: list[Passage] | None = [] if whole else None
         with stream, _keeping(cache, key, path, stream) as (reading, keep):
             lines = read_lines(reading, str(path), strict=strict, max_line_bytes=max_line_bytes)
             for passage in split_lines(lines, self.tokens, self.size, self.overlap, str(path)):
                 found += 1
                 if keep is not None:
                     keep.add(passage.start, passage.end, passage.text)
-                if found > given:
+                if found <= given:
+                    continue
+                if held is None:
                     yield passage
+                    continue
+                held.append(passage)
+                if len(held) > MAX_WHOLE_PASSAGES:  # too many to hold: given as they come
+                    yield from held
+                    held = None
             if keep is not None:
                 keep.finish(reading.digest())
+        if held and key is not None:
+            cut = held
+            yield KeptFile(str(path), len(cut), block_key(key, reading.digest()), lambda: iter(cut))
         if not found:
             skip(walking.Skipped(path, walking.EMPTY))
 

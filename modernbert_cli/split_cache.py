@@ -132,6 +132,7 @@ class Entry:
     id: int
     passages: int
     chunks: int
+    digest: bytes | None = None  # the file's content (BLAKE2b), as cut: known without reading
 
 
 class Damaged(Exception):
@@ -250,7 +251,7 @@ class SplitCache:
         except sqlite3.Error as error:
             self._fail(error)
             return None
-        return Entry(entry_id, passages, chunks)
+        return Entry(entry_id, passages, chunks, digest)
 
     def read(self, entry: Entry) -> Iterator[Item]:
         """The passages of ``entry``, a chunk at a time; :class:`Damaged` if they cannot be."""

@@ -337,6 +337,31 @@ def test_similar_through_the_server_uses_and_fills_the_clients_cache(
     assert (stats.entries, stats.hits, stats.misses) == (6, 6, 6)
 
 
+@pytest.mark.parametrize("max_inputs", [None, 3], ids=["one-request", "ranked-by-client"])
+def test_similar_over_a_folder_searched_before_through_the_server(
+    cli, start_server, tiny_model, monkeypatch, tmp_path, max_inputs
+):
+    """Files kept whole (passages unread, vectors in one row) answer as passages do, whether
+    the server ranks them (a folder small enough: their passages read and sent) or the
+    client does (its rows scored here, the server embedding the query)."""
+    for n in range(3):
+        (tmp_path / f"{n}.txt").write_text(f"file {n}\n" + "\n".join(TEXTS * 3) + "\n")
+    args = ["--passages", "-i", str(tmp_path), "--passage-tokens", "16",
+            "-m", tiny_model, "--device", "cpu", "-f", "jsonl"]  # fmt: skip
+    assert cli("similar", "a dog", *args, "--no-server").code == 0  # keeps each file's rows
+    if max_inputs is not None:
+        monkeypatch.setattr(client, "MAX_INPUTS", max_inputs)
+    limits = server.Limits(max_inputs=max_inputs) if max_inputs else None
+    running = start_server(encoder=served_as_serve_does(tiny_model), limits=limits)
+    with monkeypatch.context() as patch:
+        patch.setattr(model_loading, "load", lambda spec: pytest.fail("the client loaded it"))
+        served = cli("similar", "a kitten", *args)
+    assert served.code == 0, served.stderr
+    assert running.backend.requests == 3  # the infos, then one request: all, or the query
+    alone = cli("similar", "a kitten", *args, "--no-server")
+    assert served.stdout_bytes == alone.stdout_bytes
+
+
 def test_a_damaged_cache_warns_the_client_of_a_server(cli, start_server, tiny_model, tmp_path):
     running = start_server(encoder=served_as_serve_does(tiny_model))
     args = [*COMMANDS["similar"], "-m", tiny_model, "--device", "cpu", "-q"]
