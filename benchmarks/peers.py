@@ -69,6 +69,7 @@ def main() -> None:
         for name in args.models.split(","):
             copy = work / name  # exports are written into the model's folder
             shutil.copytree(_model_path(name), copy)
+            _older_tokenizer_class(copy / "tokenizer_config.json")
             jobs.append({"name": name, "path": str(copy)})
         plan = {"jobs": jobs, "short": args.short, "repeats": args.repeats}
         print(host.describe(), flush=True)
@@ -79,6 +80,19 @@ def main() -> None:
         print(f"load average after: {host.load()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _older_tokenizer_class(config: Path) -> None:
+    """transformers 5 saves a fast tokenizer as ``TokenizersBackend``, a class the older
+    transformers of this environment lacks; its own name for the same tokenizer.json is
+    ``PreTrainedTokenizerFast``, which must be told that ModernBERT takes no
+    ``token_type_ids`` (transformers 5 drops them by itself)."""
+    if config.exists():
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        if settings.get("tokenizer_class") == "TokenizersBackend":
+            settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+            settings["model_input_names"] = ["input_ids", "attention_mask"]
+            config.write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
 
 def _setup() -> None:
