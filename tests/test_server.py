@@ -362,6 +362,142 @@ def test_similar_over_a_folder_searched_before_through_the_server(
     assert served.stdout_bytes == alone.stdout_bytes
 
 
+def notes_folder(root: Path) -> Path:
+    """A folder to search: files in a subfolder, an empty, a hidden and a binary file."""
+    folder = root / "notes"
+    (folder / "deep").mkdir(parents=True)
+    for n in range(3):
+        (folder / f"{n}.txt").write_text(f"file {n}\n" + "\n".join(TEXTS * (n + 2)) + "\n")
+    (folder / "deep" / "long.md").write_text(LONG_TEXT + "\n" + "\n".join(TEXTS) + "\n")
+    (folder / "empty.txt").write_text("")
+    (folder / ".hidden.txt").write_text("a cat\n")
+    (folder / "blob.bin").write_bytes(b"\x00\x01" * 50)
+    return folder
+
+
+SEARCHES = {
+    "jsonl": ["-f", "jsonl"],
+    "table": ["-f", "table", "-k", "3"],
+    "grep-per-document": ["-f", "grep", "--per-document"],
+    "csv-threshold": ["-f", "csv", "--threshold", "0.1", "-k", "50"],
+    "json-queries": ["-f", "json", "--queries", "queries.txt", "-k", "4"],
+    "tsv-verbose": ["-f", "tsv", "-v", "--no-cache"],
+}
+
+
+@pytest.mark.parametrize("options", SEARCHES.values(), ids=SEARCHES.keys())
+def test_a_folder_search_is_walked_and_ranked_by_the_server_alike(
+    cli, start_server, tiny_model, monkeypatch, tmp_path, options
+):
+    """`similar --passages -i FOLDER` through a warm server: one request (the server walks,
+    splits and ranks, through the client's caches), and the very bytes of an in-process run
+    on stdout and stderr, the paths named as given (relative, absolute, with ./)."""
+    notes_folder(tmp_path)
+    (tmp_path / "queries.txt").write_text(f"a kitten\nlava\n{LONG_TEXT}\n")
+    monkeypatch.chdir(tmp_path)
+    query = [] if "--queries" in options else ["a kitten"]  # else a corpus text: read here
+    args = ["similar", *query, "--passages", "--passage-tokens", "16", "-m", tiny_model,
+            "--device", "cpu", "-i", "./notes/deep/", "-i", "notes/0.txt",
+            "-i", str(tmp_path / "notes"), *options]  # fmt: skip
+    running = start_server(encoder=served_as_serve_does(tiny_model))
+    requests = []
+    old_handle = server.handle
+
+    def handle(backend, message, *rest):
+        requests.append(message["op"])
+        return old_handle(backend, message, *rest)
+
+    monkeypatch.setattr(server, "handle", handle)
+    for _ in range(2):  # first the server embeds, then it finds the caches filled
+        with monkeypatch.context() as patch:
+            patch.setattr(model_loading, "load", lambda spec: pytest.fail("the client loaded it"))
+            served = cli(*args)
+        assert served.code == 0, served.stderr
+        alone = cli(*args, "--no-server")
+        assert alone.code == 0, alone.stderr
+        assert served.stdout.splitlines() == alone.stdout.splitlines()
+        assert served.stderr == alone.stderr
+        assert requests[-2:] == ["info", "search"]
+    if "--queries" in options:  # the server's counts make the note
+        assert "1 of 3 queries" in served.stderr
+    if "-v" in options:
+        assert f"skipped {tmp_path}/notes/empty.txt: empty\n" in served.stderr
+    assert running.backend.requests == 5  # the fixture's info; then info and search, twice
+
+
+def test_a_folder_search_falls_back_on_an_older_server(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """A server without the search op: the client walks and ranks, quietly, as before."""
+    folder = notes_folder(tmp_path)
+    args = ["similar", "a kitten", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16"]  # fmt: skip
+    alone = cli(*args, "--no-server")
+    start_server(encoder=served_as_serve_does(tiny_model))
+    old_handle = server.handle
+    ops = []
+
+    def handle(backend, message, *rest):
+        ops.append(message["op"])
+        if message.get("op") == "search":
+            return {"ok": False, "error": "unknown op 'search'"}
+        return old_handle(backend, message, *rest)
+
+    monkeypatch.setattr(server, "handle", handle)
+    served = cli(*args)
+    assert (served.stdout_bytes, served.stderr) == (alone.stdout_bytes, alone.stderr)
+    assert ops[:2] == ["info", "search"] and "search" not in ops[2:]
+
+
+@pytest.mark.parametrize("what", ["missing", "no-passages"])
+def test_errors_of_a_folder_search_are_the_clients_own(
+    cli, start_server, tiny_model, tmp_path, what
+):
+    """What the run itself would refuse, the server hands back: the same one line."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("")
+    name = str(tmp_path / ("nowhere" if what == "missing" else "empty"))
+    args = ["similar", "q", "--passages", "-i", name, "-m", tiny_model, "--device", "cpu"]
+    alone = cli(*args, "--no-server")
+    start_server(encoder=served_as_serve_does(tiny_model))
+    served = cli(*args)
+    assert served.code == alone.code != 0
+    assert name in served.stderr and "Traceback" not in served.stderr
+    assert (served.stdout, served.stderr) == (alone.stdout, alone.stderr)
+
+
+def test_a_file_changed_between_two_searches_is_served_fresh(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """The server keeps nothing of a file but under its content: an edit is searched as is."""
+    folder = notes_folder(tmp_path)
+    args = ["similar", "volcanoes", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16", "-k", "40"]  # fmt: skip
+    start_server(encoder=served_as_serve_does(tiny_model))
+    first = cli(*args)
+    changed = folder / "1.txt"
+    stat = changed.stat()
+    changed.write_text(changed.read_text().replace("volcanoes", "VOLCANOES"))
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same size and time
+    served = cli(*args)
+    alone = cli(*args, "--no-server")
+    assert served.stdout_bytes == alone.stdout_bytes != first.stdout_bytes
+    assert b"VOLCANOES" in served.stdout_bytes
+
+
+def test_the_http_side_cannot_search(start_server):
+    running = start_server(http=("127.0.0.1", 0))
+    host, port = running.backend.http.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    body = json.dumps({"op": "search", "queries": ["q"], "names": ["/"]})
+    for route in ("/v1/search", "/v1/embeddings", "/"):
+        connection.request("POST", route, body, {"Content-Type": "application/json"})
+        reply = connection.getresponse()
+        assert b"hits" not in reply.read()
+        assert reply.status >= 400
+    connection.close()
+
+
 def test_a_damaged_cache_warns_the_client_of_a_server(cli, start_server, tiny_model, tmp_path):
     running = start_server(encoder=served_as_serve_does(tiny_model))
     args = [*COMMANDS["similar"], "-m", tiny_model, "--device", "cpu", "-q"]
