@@ -910,7 +910,9 @@ print(json.dumps({{"code": code, "heavy": sorted(m for m in {NOT_NEEDED!r} if m 
 """
 
 
-def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, detached, monkeypatch):
+def test_detached_server_status_light_client_and_stop(
+    cli, tiny_model, key, detached, monkeypatch, tmp_path
+):
     model = ["-m", tiny_model, "--device", "cpu"]
     started = cli("serve", "--detach", *model)
     assert started.code == 0, started.stderr
@@ -946,6 +948,23 @@ def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, deta
     alone = cli(*args, "--no-server")
     assert "\n".join(lines[:-1]) + "\n" == alone.stdout
     assert client.ServerClient(path, key).info()["requests"] > info["requests"]
+
+    # A folder search too: the server walks and ranks it, a first time and a repeat.
+    for n in range(3):  # nothing to skip, nothing to say: no console either
+        (tmp_path / f"{n}.txt").write_text(f"file {n}\n" + "\n".join(TEXTS * 9) + "\n")
+    args = ["similar", "a kitten", "--passages", "-i", str(tmp_path), *model, "-f", "jsonl"]
+    for _ in range(2):
+        probe = subprocess.run(
+            [sys.executable, "-c", CLIENT_PROBE, json.dumps(args)],
+            capture_output=True,
+            cwd=ROOT,
+            timeout=120,
+            env=os.environ,
+        )
+        lines = probe.stdout.decode().splitlines()
+        assert json.loads(lines[-1]) == {"code": 0, "heavy": []}, probe.stderr.decode()
+        assert probe.stderr.decode() == ""
+        assert "\n".join(lines[:-1]) + "\n" == cli(*args, "--no-server").stdout
 
     stopped = cli("serve", "stop", "-m", tiny_model)
     assert stopped.code == 0, stopped.stderr
