@@ -48,12 +48,16 @@ from modernbert_cli.client import (
 if TYPE_CHECKING:
     import numpy as np
 
+    from modernbert_cli.cache import KeptBlocks
     from modernbert_cli.embedder import Embedder
 
 # An HTTP body over this is refused (413) unread; MAX_INPUTS texts of a few pages fit.
 MAX_HTTP_BODY_BYTES = 32 << 20
 # A model the engine cannot run goes through sentence-transformers' encode: texts per job.
 _ENCODE_JOB_TEXTS = 32
+# Kept blocks (a file's passage vectors) a server holds in memory for repeat searches:
+# minilm's vectors of the passages of about 60 MB of text.
+KEPT_BLOCK_BYTES = 256 << 20
 # The server's own log lines (failed requests) per run; a log must not grow without end.
 _LOG_LINES = 200
 
@@ -190,6 +194,8 @@ class Backend:
         self.last_request = time.monotonic()
         self.requests = 0
         self.queue = FairQueue()
+        self.kept_blocks: KeptBlocks | None = None  # made by the first search
+        self._lock = threading.Lock()
 
     @property
     def busy(self) -> bool:
@@ -394,7 +400,7 @@ class Backend:
 
     def _search(self, message: dict[str, Any], gone: Callable[[], bool]) -> dict[str, Any]:
         from modernbert_cli import split_cache
-        from modernbert_cli.cache import EmbeddingCache
+        from modernbert_cli.cache import EmbeddingCache, KeptBlocks
         from modernbert_cli.embedder import rank
         from modernbert_cli.encoder import EncodeOptions
         from modernbert_cli.passages import Splitter, check_names, file_of
@@ -460,10 +466,14 @@ class Backend:
             splits or None,
         )
         check_names([absolute for absolute, _ in names], max_line_bytes)
+        with self._lock:
+            if self.kept_blocks is None:
+                self.kept_blocks = KeptBlocks(KEPT_BLOCK_BYTES)
         # The client's paths are walked; passages and skips are named as it names them.
         walking = _Relabel(names)
         options = EncodeOptions()
         encoder = self.encoder.sharing(cache or None, _Model(self, gone))
+        encoder.kept_blocks = self.kept_blocks
         try:
             items = map(
                 walking.item,

@@ -485,6 +485,35 @@ def test_a_file_changed_between_two_searches_is_served_fresh(
     assert b"VOLCANOES" in served.stdout_bytes
 
 
+def test_a_repeat_search_reads_no_kept_row_and_an_edit_is_read_afresh(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """The server holds the blocks it read, under the file's content: a repeat search reads
+    none from the cache file; an edited file's block is new, and read or made afresh."""
+    folder = notes_folder(tmp_path)
+    args = ["similar", "a kitten", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16"]  # fmt: skip
+    assert cli(*args, "--no-server").code == 0  # every file's block kept
+    running = start_server(encoder=served_as_serve_does(tiny_model))
+    read = []
+    old_block = EmbeddingCache.block
+
+    def block(self, fingerprint, key):
+        read.append(key)
+        return old_block(self, fingerprint, key)
+
+    monkeypatch.setattr(EmbeddingCache, "block", block)
+    first = cli(*args)
+    assert len(read) == 4  # 0-2.txt and deep/long.md, from the cache file
+    again = cli(*args)
+    assert len(read) == 4 and again.stdout_bytes == first.stdout_bytes
+    (folder / "1.txt").write_text("a kitten sleeps on a rug\n")
+    edited = cli(*args)
+    assert len(read) == 5  # the edited file's new block: not kept yet, then made
+    assert edited.stdout_bytes == cli(*args, "--no-server").stdout_bytes != first.stdout_bytes
+    assert running.backend.kept_blocks.size > 0
+
+
 def test_the_http_side_cannot_search(start_server):
     running = start_server(http=("127.0.0.1", 0))
     host, port = running.backend.http.removeprefix("http://").rsplit(":", 1)
