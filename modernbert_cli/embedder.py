@@ -470,7 +470,8 @@ class Embedder:
 
         Then this process reads no file and imports no numpy. None when there is no such
         server, it is too old or fails, or the run should report an error of its own:
-        then rank here. Warnings are given to ``warn`` and skips to ``on_skip``, in order.
+        then rank here. The server's warnings go to this Embedder's ``warn`` and its skips
+        to ``on_skip``, in the order they came.
         """
         import os
 

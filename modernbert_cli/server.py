@@ -58,6 +58,10 @@ _ENCODE_JOB_TEXTS = 32
 # Kept blocks (a file's passage vectors) a server holds in memory for repeat searches:
 # minilm's vectors of the passages of about 60 MB of text.
 KEPT_BLOCK_BYTES = 256 << 20
+# A search with more passages than this for the model to embed is handed back to its
+# client, which shows its progress (and embeds through the server): a few files edited
+# since the last search are searched here.
+SEARCH_NEW_TEXTS = 256
 # The server's own log lines (failed requests) per run; a log must not grow without end.
 _LOG_LINES = 200
 
@@ -395,7 +399,7 @@ class Backend:
 
         try:
             return self._search(message, gone)
-        except CliError as error:
+        except (CliError, _HandOver) as error:
             return {"redo": str(error)}
 
     def _search(self, message: dict[str, Any], gone: Callable[[], bool]) -> dict[str, Any]:
@@ -472,7 +476,8 @@ class Backend:
         # The client's paths are walked; passages and skips are named as it names them.
         walking = _Relabel(names)
         options = EncodeOptions()
-        encoder = self.encoder.sharing(cache or None, _Model(self, gone))
+        # More than a few files' worth to embed: the client's to do, with its progress.
+        encoder = self.encoder.sharing(cache or None, _Model(self, gone, SEARCH_NEW_TEXTS))
         encoder.kept_blocks = self.kept_blocks
         try:
             items = map(
@@ -522,6 +527,10 @@ class Backend:
         self.requests += 1
 
 
+class _HandOver(Exception):
+    """A search with much to embed: the client does it, showing its progress."""
+
+
 class _Relabel:
     """Paths under a client's names, walked as absolute paths, named as the client names
     them: ``[absolute, as named]`` pairs, in the order walked."""
@@ -561,12 +570,21 @@ class _Relabel:
 
 
 class _Model:
-    """The fair queue as an Encoder sees a server: what its cache lacks goes through it."""
+    """The fair queue as an Encoder sees a server: what its cache lacks goes through it.
 
-    def __init__(self, backend: Backend, gone: Callable[[], bool]) -> None:
-        self.backend, self.gone = backend, gone
+    ``documents``: how many document texts it embeds before it hands the work back.
+    """
+
+    def __init__(
+        self, backend: Backend, gone: Callable[[], bool], documents: int | None = None
+    ) -> None:
+        self.backend, self.gone, self.documents = backend, gone, documents
 
     def embed(self, texts: list[str], prompt: str | None, task: str | None) -> tuple[Any, Any]:
+        if self.documents is not None and task == "document":
+            self.documents -= len(texts)
+            if self.documents < 0:
+                raise _HandOver(f"{len(texts):,} passages to embed")
         done = self.backend.embed(texts, prompt, task, self.gone)
         return done.vectors, done.truncated
 

@@ -337,13 +337,13 @@ def test_similar_through_the_server_uses_and_fills_the_clients_cache(
     assert (stats.entries, stats.hits, stats.misses) == (6, 6, 6)
 
 
-@pytest.mark.parametrize("max_inputs", [None, 3], ids=["one-request", "ranked-by-client"])
+@pytest.mark.parametrize("max_inputs", [None, 3], ids=["searched-there", "ranked-by-client"])
 def test_similar_over_a_folder_searched_before_through_the_server(
     cli, start_server, tiny_model, monkeypatch, tmp_path, max_inputs
 ):
     """Files kept whole (passages unread, vectors in one row) answer as passages do, whether
-    the server ranks them (a folder small enough: their passages read and sent) or the
-    client does (its rows scored here, the server embedding the query)."""
+    the server walks and ranks them or the client does (a server without the search op:
+    its rows scored here, the server embedding the query)."""
     for n in range(3):
         (tmp_path / f"{n}.txt").write_text(f"file {n}\n" + "\n".join(TEXTS * 3) + "\n")
     args = ["--passages", "-i", str(tmp_path), "--passage-tokens", "16",
@@ -351,6 +351,16 @@ def test_similar_over_a_folder_searched_before_through_the_server(
     assert cli("similar", "a dog", *args, "--no-server").code == 0  # keeps each file's rows
     if max_inputs is not None:
         monkeypatch.setattr(client, "MAX_INPUTS", max_inputs)
+        old_handle = server.handle
+        monkeypatch.setattr(
+            server,
+            "handle",
+            lambda backend, message, *rest: (
+                {"ok": False, "error": "unknown op 'search'"}
+                if message["op"] == "search"
+                else old_handle(backend, message, *rest)
+            ),
+        )
     limits = server.Limits(max_inputs=max_inputs) if max_inputs else None
     running = start_server(encoder=served_as_serve_does(tiny_model), limits=limits)
     with monkeypatch.context() as patch:
@@ -512,6 +522,36 @@ def test_a_repeat_search_reads_no_kept_row_and_an_edit_is_read_afresh(
     assert len(read) == 5  # the edited file's new block: not kept yet, then made
     assert edited.stdout_bytes == cli(*args, "--no-server").stdout_bytes != first.stdout_bytes
     assert running.backend.kept_blocks.size > 0
+
+
+def test_a_search_with_much_to_embed_is_handed_back_to_the_client(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """Past SEARCH_NEW_TEXTS passages to embed, the client searches (showing its
+    progress, the server's model embedding for it); the next search, all kept, is the
+    server's."""
+    folder = notes_folder(tmp_path)
+    args = ["similar", "a kitten", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16"]  # fmt: skip
+    start_server(encoder=served_as_serve_does(tiny_model))
+    monkeypatch.setattr(server, "SEARCH_NEW_TEXTS", 2)
+    ops = []
+    old_handle = server.handle
+
+    def handle(backend, message, *rest):
+        reply = old_handle(backend, message, *rest)
+        ops.append((message["op"], "redo" in reply))
+        return reply
+
+    monkeypatch.setattr(server, "handle", handle)
+    first = cli(*args)
+    assert first.code == 0, first.stderr
+    # Then the client's own ways: here a corpus this small is ranked by the similar op.
+    assert ops == [("info", False), ("search", True), ("similar", False)]
+    ops.clear()
+    again = cli(*args)
+    assert ops == [("info", False), ("search", False)]
+    assert first.stdout_bytes == again.stdout_bytes == cli(*args, "--no-server").stdout_bytes
 
 
 def test_the_http_side_cannot_search(start_server):
