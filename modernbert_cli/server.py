@@ -390,10 +390,11 @@ class Backend:
         (through its split cache), embedded (through its cache) and ranked here.
 
         The code is the client's own (:meth:`~modernbert_cli.passages.Splitter.passages`,
-        :func:`~modernbert_cli.embedder.rank`): the same hits, scores and notes. Paths
-        are the client's, absolute. An error the client's own run would report (a
-        missing file, no passages) comes back as ``redo``: the client works in-process
-        and reports it itself, word for word.
+        :func:`~modernbert_cli.embedder.rank`): the same hits, scores and notes. Names
+        come as ``[absolute, as the client named it]``: walked as the first, passages and
+        skips named after the second. An error the client's own run would report (a
+        missing file, no passages), or more to embed than :data:`SEARCH_NEW_TEXTS`, comes
+        back as ``redo``: the client works itself, reporting any error word for word.
         """
         from modernbert_cli.errors import CliError
 
@@ -536,6 +537,7 @@ class _Relabel:
     them: ``[absolute, as named]`` pairs, in the order walked."""
 
     def __init__(self, names: list[list[str]]) -> None:
+        # Each name as pathlib writes it, as the walk's paths and the client's start.
         self.pairs = [(str(Path(absolute)), str(Path(named))) for absolute, named in names]
         self.at = 0  # the name being walked
 
@@ -548,9 +550,13 @@ class _Relabel:
         absolute, named = self.pairs[self.at if at is None else at]
         if path == absolute:
             return named
-        if not path.startswith(absolute.rstrip("/") + "/"):
+        head = absolute.rstrip("/") + "/"
+        if not path.startswith(head):
             raise ValueError(f"{path} was found outside {absolute}")
-        return str(Path(named, path[len(absolute.rstrip("/")) + 1 :]))
+        # As str(Path(named, rest)) writes it (rest is a walked path's tail), without
+        # pathlib's parsing: a search relabels every passage of the files it reads.
+        rest = path[len(head) :]
+        return rest if named == "." else f"{named.rstrip('/')}/{rest}"
 
     def item(self, item: Any, at: int | None = None) -> Any:
         """A Passage or KeptFile (its passages too, when read) under its client name."""

@@ -554,6 +554,17 @@ def test_a_search_with_much_to_embed_is_handed_back_to_the_client(
     assert first.stdout_bytes == again.stdout_bytes == cli(*args, "--no-server").stdout_bytes
 
 
+@pytest.mark.parametrize("named", [".", "./", "notes", "notes/", "./a//b", "../x", "/", "/srv/n"])
+def test_walked_paths_are_named_as_pathlib_names_them_for_the_client(named):
+    absolute = named if named.startswith("/") else f"/home/u/{named}"
+    relabel = server._Relabel([[absolute, named]])
+    assert list(relabel.names()) == [str(Path(absolute))]
+    for rest in ("a.txt", "deep/b.md", ".x/c"):
+        walked = str(Path(absolute) / rest)
+        assert relabel.path(walked) == str(Path(named) / rest)
+    assert relabel.path(str(Path(absolute))) == str(Path(named))
+
+
 def test_the_http_side_cannot_search(start_server):
     running = start_server(http=("127.0.0.1", 0))
     host, port = running.backend.http.removeprefix("http://").rsplit(":", 1)
