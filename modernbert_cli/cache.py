@@ -108,6 +108,42 @@ _COLUMNS = {
 _ADDED_COLUMNS = {"models": {"folder": "TEXT", "files": "TEXT"}}
 
 
+class KeptBlocks:
+    """Blocks (:meth:`EmbeddingCache.block`) held in memory, the least recently used let go
+    past ``max_bytes``: a warm server's repeat search reads no row. Keyed by the model's
+    fingerprint and the block key, which names a file's content: an edit is a new key."""
+
+    def __init__(self, max_bytes: int) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._held: OrderedDict[tuple[str, bytes], tuple[np.ndarray, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, bytes]) -> tuple[np.ndarray, int] | None:
+        with self._lock:
+            found = self._held.get(key)
+            if found is not None:
+                self._held.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, bytes], block: tuple[np.ndarray, int]) -> None:
+        vectors = block[0]
+        if vectors.nbytes > self.max_bytes:
+            return
+        vectors.flags.writeable = False  # shared by every request that finds it
+        with self._lock:
+            if key in self._held:
+                return
+            self._held[key] = block
+            self.size += vectors.nbytes
+            while self.size > self.max_bytes:
+                _, (dropped, _) = self._held.popitem(last=False)
+                self.size -= dropped.nbytes
+
+
 class WrongTables(sqlite3.DatabaseError):
     """The file is a SQLite database, but not one of ours: damaged, as far as we go."""
 

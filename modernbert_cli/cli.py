@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_type_hints
@@ -32,6 +32,7 @@ from modernbert_cli.errors import (
 )
 from modernbert_cli.inputs import (
     MAX_LINE_BYTES,
+    STDIN,
     InputSpec,
     Stdin,
     iter_texts,
@@ -583,6 +584,20 @@ class PassageOptions:
             raise UsageError("--passages reads files as text: --field and --column do not apply")
 
 
+def _skips(
+    session: Session, options: PassageOptions
+) -> tuple[dict[str, int], Callable[[Any], None]]:
+    """Skipped files counted by reason (for the closing note), each named with -v."""
+    skipped: dict[str, int] = {}
+
+    def skip(what: Any) -> None:
+        skipped[what.reason] = skipped.get(what.reason, 0) + 1
+        if options.verbose:
+            session.note(f"skipped {what}")
+
+    return skipped, skip
+
+
 def _passage_corpus(
     session: Session,
     embedder: Embedder,
@@ -602,13 +617,7 @@ def _passage_corpus(
     if not names and not plain.texts and session.stdin.piped:
         names = ["-"]
     passages.check_names(names, spec.max_line_bytes)
-    skipped: dict[str, int] = {}
-
-    def skip(what: Any) -> None:
-        skipped[what.reason] = skipped.get(what.reason, 0) + 1
-        if options.verbose:
-            session.note(f"skipped {what}")
-
+    skipped, skip = _skips(session, options)
     session.reading = Reading()
     items = session.reading.count(
         itertools.chain(
@@ -626,6 +635,38 @@ def _passage_corpus(
         note = f" ({sum(skipped.values())} file(s) skipped)" if skipped else ""
         raise InputError(f"{', '.join(names)}: no passages: no text in any file{note}")
     return itertools.chain([first], items), skipped
+
+
+def _search_on_server(
+    session: Session,
+    embedder: Embedder,
+    spec: InputSpec,
+    options: PassageOptions,
+    queries: list[str],
+    top_k: int,
+    threshold: float | None,
+    metric: str,
+    per_document: bool,
+) -> tuple[list[list[Any]], dict[str, int]] | None:
+    """The hits and skips of a search of files and folders, when a warm server walked and
+    ranked them (``Embedder.search_on_server``); None to search here. Skips are noted as
+    :func:`_passage_corpus` notes them."""
+    if spec.texts or not spec.files or STDIN in spec.files:  # text arguments or stdin: here
+        return None
+    skipped, skip = _skips(session, options)
+    hits = embedder.search_on_server(
+        queries,
+        spec.files,
+        passage_tokens=options.tokens,
+        overlap=options.overlap,
+        max_line_bytes=spec.max_line_bytes,
+        top_k=top_k,
+        threshold=threshold,
+        metric=metric,
+        per_document=per_document,
+        on_skip=skip,
+    )
+    return None if hits is None else (hits, skipped)
 
 
 def _version(value: bool) -> None:
@@ -951,44 +992,47 @@ def similar(
     total = len(query_texts) + corpus_size
     with session.embedder(settings_of(ctx), total if corpus_size else None) as embedder:
         metric = metric or embedder.similarity_fn_name
+        searched = None
         if stored is not None:
             _check_stored(stored, embeddings, embedder)
             corpus: Any = stored.texts
         elif split.on:
-            prompt = embedder.prompt_text(role="document")
-            # Files searched before come whole: their vectors are scored as kept, per file.
-            corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt, True)
+            searched = _search_on_server(
+                session, embedder, spec, split, query_texts, top_k, threshold, metric, per_document
+            )
+            if searched is None:
+                prompt = embedder.prompt_text(role="document")
+                # Files searched before come whole: their vectors are scored as kept, per file.
+                corpus, skipped = _passage_corpus(session, embedder, spec, split, prompt, True)
         else:
             corpus = found
-        with session.progress(embedder, None if split.on else total if corpus_size else 0):
-            try:
-                results = embedder.similar_many(
-                    query_texts,
-                    corpus,
-                    top_k=top_k,
-                    threshold=threshold,
-                    metric=metric,
-                    corpus_embeddings=stored.embeddings if stored else None,
-                    truncate_dim=(stored.meta or {}).get("truncate_dim") if stored else None,
-                    distinct=_file_of if per_document else None,
-                )
-            except SettingError as error:
-                if error.setting != "corpus_embeddings":
-                    raise
-                raise UsageError(
-                    f"--embeddings {embeddings} {error.reason}: use the model that made them"
-                ) from None
+        if searched is not None:
+            results, skipped = searched
+        else:
+            with session.progress(embedder, None if split.on else total if corpus_size else 0):
+                try:
+                    results = embedder.similar_many(
+                        query_texts,
+                        corpus,
+                        top_k=top_k,
+                        threshold=threshold,
+                        metric=metric,
+                        corpus_embeddings=stored.embeddings if stored else None,
+                        truncate_dim=(stored.meta or {}).get("truncate_dim") if stored else None,
+                        distinct=passages.file_of if per_document else None,
+                    )
+                except SettingError as error:
+                    if error.setting != "corpus_embeddings":
+                        raise
+                    raise UsageError(
+                        f"--embeddings {embeddings} {error.reason}: use the model that made them"
+                    ) from None
         if stored is not None:
             _stored_notes(stored, embeddings, embedder, session)
     session.report_skipped(skipped)
     session.report_truncated(embedder)
     with render.open_output(output) as stream:
         render.write_hits(stream, fmt, query_texts, results, metric)
-
-
-def _file_of(item: Any) -> str:
-    """The file a corpus item comes from (--per-document keeps one item per file)."""
-    return getattr(item, "path", None) or item.source
 
 
 def _check_stored(stored: SavedCorpus, path: str, embedder: Embedder) -> None:

@@ -341,6 +341,19 @@ class ServerClient:
             raise ServerError("the server answered for a different number of queries")
         return reply
 
+    def search(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A ``similar --passages`` over files and folders, walked and ranked by the server
+        (:meth:`~modernbert_cli.server.Backend.search` says what ``request`` holds). The
+        reply has ``hits`` (per query, ``[index, score, path, start, end, text]`` best
+        first), ``by_role``, ``events`` (warnings and skips, in order); or ``redo``."""
+        reply = self.request({**request, "op": "search"})
+        hits = reply.get("hits")
+        if "redo" not in reply and (
+            not isinstance(hits, list) or len(hits) != len(request["queries"])
+        ):
+            raise ServerError("the server answered for a different number of queries")
+        return reply
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

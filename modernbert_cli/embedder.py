@@ -24,6 +24,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from itertools import chain, islice
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modernbert_cli.errors import InputError, SettingError
@@ -442,16 +443,122 @@ class Embedder:
             encoder.server = None
             self._note(f"{error}; working in-process instead")
             return None, corpus
-        for role, texts, n in cut:  # as if embedded here: the truncation note counts them
-            counts = encoder.by_role.setdefault(role, [0, 0])
-            counts[0] += texts
-            counts[1] += n
-            encoder.truncated += n
+        self._count_on_server(cut)
         for warning in reply.get("warnings") or []:
             self._warn(str(warning))
         if encoder.progress is not None:
             encoder.progress(len(queries) + len(head), 0)
         return hits, corpus
+
+    def search_on_server(
+        self,
+        queries: Sequence[str],
+        names: Sequence[str],
+        *,
+        passage_tokens: int | None,
+        overlap: int | None,
+        max_line_bytes: int,
+        top_k: int | None,
+        threshold: float | None,
+        metric: str,
+        per_document: bool,
+        on_skip: Callable[[Any], None],
+    ) -> list[list[Hit]] | None:
+        """``similar_many`` over the passages of the files and folders ``names``, as
+        :meth:`similar_many` ranks :meth:`Splitter.passages` with ``kept_files``, done by
+        a warm server: the walk, both caches, the model and the ranking there.
+
+        Then this process reads no file and imports no numpy. None when there is no such
+        server, it is too old or fails, or the run should report an error of its own:
+        then rank here. The server's warnings go to this Embedder's ``warn`` and its skips
+        to ``on_skip``, in the order they came.
+        """
+        import os
+
+        from modernbert_cli import client
+        from modernbert_cli.settings import METRICS
+
+        if not self.settings.server or self.encoder.server is None:
+            return None
+        if threshold is not None and not math.isfinite(threshold):
+            return None
+        queries = _strings(queries)
+        if metric not in METRICS or any(len(q) > client.MAX_INPUT_CHARS for q in queries):
+            return None
+        files = self.encoder.files
+        if files is None or files.directory is None or len(queries) > client.MAX_INPUTS:
+            return None
+        from modernbert_cli.hits import Hit
+        from modernbert_cli.passages import Passage, split_bound
+        from modernbert_cli.walk import Skipped
+
+        here = os.getcwd()
+        # The server walks absolute paths and names what it finds as this process would.
+        given = [[str(Path(here, name)), name] for name in names]
+        encoder, settings = self.encoder, self.settings
+        cache = encoder.cache
+        where = None if cache is None or cache.disabled else (str(cache.path), cache.max_bytes)
+        split_cache = None
+        if settings.cache:
+            from modernbert_cli.split_cache import default_path
+
+            split_cache = {
+                "path": str(default_path()),
+                "max_bytes": split_bound(settings.cache_max_mb),
+            }
+        try:
+            reply = encoder.server.search(
+                {
+                    "queries": queries,
+                    "names": given,
+                    "passage_tokens": passage_tokens,
+                    "overlap": overlap,
+                    "limit": self.max_seq_length or None,
+                    "prompt": self.prompt_text(role="document"),
+                    "directory": str(files.directory),
+                    "max_line_bytes": max_line_bytes,
+                    "top_k": top_k,
+                    "threshold": threshold,
+                    "metric": metric,
+                    "per_document": per_document,
+                    "cache": None if where is None else {"path": where[0], "max_bytes": where[1]},
+                    "split_cache": split_cache,
+                }
+            )
+            if "redo" in reply:
+                return None
+            hits = [
+                [
+                    Hit(n, int(i), float(score), Passage(path, start, end, text))
+                    for n, (i, score, path, start, end, text) in enumerate(row, 1)
+                ]
+                for row in reply["hits"]
+            ]
+            cut = [(role, int(texts), int(n)) for role, texts, n in reply.get("by_role") or []]
+            events = [list(event) for event in reply.get("events") or []]
+        except client.UnknownOp:
+            return None
+        except (client.ServerError, LookupError, TypeError, ValueError) as error:
+            encoder.server = None
+            self._note(f"{error}; working in-process instead")
+            return None
+        self._count_on_server(cut)
+        for kind, *what in events:
+            if kind == "skip":
+                path, reason, folder = what
+                on_skip(Skipped(Path(path), reason, bool(folder)))
+            else:
+                self._warn(str(what[0]))
+        return hits
+
+    def _count_on_server(self, cut: list[tuple[Any, int, int]]) -> None:
+        """Texts embedded and cut by a server for this command, counted as if here."""
+        encoder = self.encoder
+        for role, texts, n in cut:  # the truncation note counts them
+            counts = encoder.by_role.setdefault(role, [0, 0])
+            counts[0] += texts
+            counts[1] += n
+            encoder.truncated += n
 
     def matrix(
         self,

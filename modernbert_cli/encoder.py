@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from modernbert_cli.cache import EmbeddingCache
+    from modernbert_cli.cache import EmbeddingCache, KeptBlocks
     from modernbert_cli.client import ServerClient
     from modernbert_cli.model import ModelFiles
 
@@ -76,6 +76,8 @@ class Encoder:
         self.misses = 0  # texts the model embedded
         self.progress: ProgressFn | None = None
         self.cache = cache
+        # Kept blocks held in memory across requests (a warm server's), or None.
+        self.kept_blocks: KeptBlocks | None = None
         self.server = server
         self.note = note or (lambda message: None)
         self.files = files
@@ -207,9 +209,14 @@ class Encoder:
         if self.cache is None or self.cache.disabled:
             return None
         fingerprint = self.fingerprint(options, role)
-        found = self.cache.block(fingerprint, key)
+        # Named by the model, options and the file's content: never another file's.
+        found = None if self.kept_blocks is None else self.kept_blocks.get((fingerprint, key))
         if found is None:
-            return None
+            found = self.cache.block(fingerprint, key)
+            if found is None:
+                return None
+            if self.kept_blocks is not None:
+                self.kept_blocks.put((fingerprint, key), found)
         raw, cut = found
         self.hits += len(raw)
         self._counts.setdefault(fingerprint, [0, 0])[0] += len(raw)

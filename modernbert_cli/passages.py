@@ -96,6 +96,17 @@ class KeptFile:
         return self.read()
 
 
+def split_bound(cache_max_mb: int) -> int:
+    """The split cache's bound: a quarter of the embeddings' (a passage's text is a tenth
+    of its vector)."""
+    return max(16 << 20, (cache_max_mb << 20) // 4)
+
+
+def file_of(item: Any) -> str:
+    """The file a corpus item comes from (``--per-document`` keeps one item per file)."""
+    return getattr(item, "path", None) or item.source
+
+
 def block_key(split_key: str, digest: bytes) -> bytes:
     """16 bytes naming a file's passages: how it was cut, and its content."""
     import hashlib
@@ -280,17 +291,31 @@ class Splitter:
             files = ModelFiles.find(embedder.settings.model)
         if files.directory is None:
             raise ModelError(f"model '{embedder.name}': its files cannot be found")
-        directory = files.directory
-        file = _tokenizer_file(directory)
-        if file is None:
-            raise ModelError(_NO_TOKENIZER.format(directory))
         cache = None
         if embedder.settings.cache:
             from modernbert_cli import split_cache
 
-            # A quarter of the embeddings' bound: a passage's text is a tenth of its vector.
-            bound = max(16 << 20, (embedder.settings.cache_max_mb << 20) // 4)
-            cache = split_cache.SplitCache(split_cache.default_path(), bound, warn)
+            cache = split_cache.SplitCache(
+                split_cache.default_path(), split_bound(embedder.settings.cache_max_mb), warn
+            )
+        return cls.for_files(files.directory, limit, passage_tokens, overlap, prompt, cache)
+
+    @classmethod
+    def for_files(
+        cls,
+        directory: Path,
+        limit: int | None,
+        passage_tokens: int | None,
+        overlap: int | None,
+        prompt: str = "",
+        cache: SplitCache | None = None,
+    ) -> Splitter:
+        """The splitter of the model in ``directory`` (``limit``: its token limit), sizes
+        checked; what :meth:`for_embedder` makes, and a warm server for its clients."""
+        passage_tokens, overlap = check_sizes(passage_tokens, overlap, limit)
+        file = _tokenizer_file(directory)
+        if file is None:
+            raise ModelError(_NO_TOKENIZER.format(directory))
         return cls(
             lambda: Tokens.for_model(directory),
             lambda tokens: text_budget(passage_tokens, limit, tokens, prompt),

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,12 +48,20 @@ from modernbert_cli.client import (
 if TYPE_CHECKING:
     import numpy as np
 
+    from modernbert_cli.cache import KeptBlocks
     from modernbert_cli.embedder import Embedder
 
 # An HTTP body over this is refused (413) unread; MAX_INPUTS texts of a few pages fit.
 MAX_HTTP_BODY_BYTES = 32 << 20
 # A model the engine cannot run goes through sentence-transformers' encode: texts per job.
 _ENCODE_JOB_TEXTS = 32
+# Kept blocks (a file's passage vectors) a server holds in memory for repeat searches:
+# minilm's vectors of the passages of about 60 MB of text.
+KEPT_BLOCK_BYTES = 256 << 20
+# A search with more passages than this for the model to embed is handed back to its
+# client, which shows its progress (and embeds through the server): a few files edited
+# since the last search are searched here.
+SEARCH_NEW_TEXTS = 256
 # The server's own log lines (failed requests) per run; a log must not grow without end.
 _LOG_LINES = 200
 
@@ -190,6 +198,8 @@ class Backend:
         self.last_request = time.monotonic()
         self.requests = 0
         self.queue = FairQueue()
+        self.kept_blocks: KeptBlocks | None = None  # made by the first search
+        self._lock = threading.Lock()
 
     @property
     def busy(self) -> bool:
@@ -373,18 +383,214 @@ class Backend:
             "warnings": warnings,
         }
 
+    def search(
+        self, message: dict[str, Any], gone: Callable[[], bool] = lambda: False
+    ) -> dict[str, Any]:
+        """A client's whole ``similar --passages`` over files and folders: walked, split
+        (through its split cache), embedded (through its cache) and ranked here.
+
+        The code is the client's own (:meth:`~modernbert_cli.passages.Splitter.passages`,
+        :func:`~modernbert_cli.embedder.rank`): the same hits, scores and notes. Names
+        come as ``[absolute, as the client named it]``: walked as the first, passages and
+        skips named after the second. An error the client's own run would report (a
+        missing file, no passages), or more to embed than :data:`SEARCH_NEW_TEXTS`, comes
+        back as ``redo``: the client works itself, reporting any error word for word.
+        """
+        from modernbert_cli.errors import CliError
+
+        try:
+            return self._search(message, gone)
+        except (CliError, _HandOver) as error:
+            return {"redo": str(error)}
+
+    def _search(self, message: dict[str, Any], gone: Callable[[], bool]) -> dict[str, Any]:
+        from modernbert_cli import split_cache
+        from modernbert_cli.cache import EmbeddingCache, KeptBlocks
+        from modernbert_cli.embedder import rank
+        from modernbert_cli.encoder import EncodeOptions
+        from modernbert_cli.passages import Splitter, check_names, file_of
+
+        queries, names = message.get("queries"), message.get("names")
+        if not isinstance(queries, list) or not all(isinstance(t, str) for t in queries):
+            raise ValueError("'queries' must be a list of strings")
+        if not isinstance(names, list) or not all(
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(n, str) for n in pair)
+            and os.path.isabs(pair[0])
+            for pair in names
+        ):
+            raise ValueError("'names' must be a list of [absolute path, path as named]")
+        if not queries or not names:
+            raise ValueError("'queries' and 'names' must each hold at least one")
+        self.check_texts(queries, "queries")
+        top_k, threshold = message.get("top_k"), message.get("threshold")
+        if top_k is not None and (type(top_k) is not int or top_k < 1):
+            raise ValueError("'top_k' must be null or a whole number from 1")
+        if threshold is not None and type(threshold) not in (int, float):
+            raise ValueError("'threshold' must be null or a number")
+        numbers = {k: message.get(k) for k in ("passage_tokens", "overlap", "limit")}
+        for k, value in numbers.items():
+            if value is not None and type(value) is not int:
+                raise ValueError(f"'{k}' must be null or a whole number")
+        max_line_bytes, prompt = message.get("max_line_bytes"), message.get("prompt")
+        directory = message.get("directory")
+        if type(max_line_bytes) is not int or max_line_bytes < 1:
+            raise ValueError("'max_line_bytes' must be a whole number from 1")
+        if not isinstance(prompt, str) or not isinstance(directory, str):
+            raise ValueError("'prompt' and 'directory' must be strings")
+        # What the client would have printed, in order: ["warn", text] or ["skip", path,
+        # reason, folder].
+        events: list[list[Any]] = []
+
+        def warn(text: str) -> None:
+            events.append(["warn", text])
+
+        caches = []
+        for name in ("cache", "split_cache"):
+            where = message.get(name)
+            if where is not None and (
+                not isinstance(where, dict)
+                or not isinstance(where.get("path"), str)
+                or type(where.get("max_bytes")) is not int
+            ):
+                raise ValueError(f"'{name}' must be null or {{path: string, max_bytes: integer}}")
+            caches.append(where)
+        cache = caches[0] and EmbeddingCache(
+            Path(caches[0]["path"]), caches[0]["max_bytes"], warn=warn
+        )
+        splits = caches[1] and split_cache.SplitCache(
+            Path(caches[1]["path"]), caches[1]["max_bytes"], warn
+        )
+        splitter = Splitter.for_files(
+            Path(directory),
+            numbers["limit"],
+            numbers["passage_tokens"],
+            numbers["overlap"],
+            prompt,
+            splits or None,
+        )
+        check_names([absolute for absolute, _ in names], max_line_bytes)
+        with self._lock:
+            if self.kept_blocks is None:
+                self.kept_blocks = KeptBlocks(KEPT_BLOCK_BYTES)
+        # The client's paths are walked; passages and skips are named as it names them.
+        walking = _Relabel(names)
+        options = EncodeOptions()
+        # More than a few files' worth to embed: the client's to do, with its progress.
+        encoder = self.encoder.sharing(cache or None, _Model(self, gone, SEARCH_NEW_TEXTS))
+        encoder.kept_blocks = self.kept_blocks
+        try:
+            items = map(
+                walking.item,
+                splitter.passages(
+                    walking.names(),
+                    lambda what: events.append(
+                        ["skip", walking.path(str(what.path)), what.reason, what.folder]
+                    ),
+                    None,
+                    max_line_bytes,
+                    kept_files=True,
+                ),
+            )
+            first = next(items, None)
+            if first is None:  # the client's own run says why, with the skips
+                return {"redo": "no passages"}
+            hits = rank(
+                lambda texts, role, blocks=(): encoder.encode(
+                    texts, options, role=role, blocks=blocks
+                ),
+                queries,
+                itertools.chain([first], items),
+                top_k=top_k,
+                threshold=threshold,
+                metric=str(message.get("metric")),
+                distinct=file_of if message.get("per_document") else None,
+                kept=lambda key: encoder.encode_kept(key, options, role="document"),
+            )
+        finally:
+            splitter.close()
+            encoder.close()  # records the cache's hits and misses, as the client would
+        return {
+            "hits": [
+                [
+                    [hit.index, hit.score, hit.item.path, hit.item.start, hit.item.end, hit.text]
+                    for hit in row
+                ]
+                for row in hits
+            ],
+            "by_role": [[role, *counts] for role, counts in encoder.by_role.items()],
+            "events": events,
+        }
+
     def touch(self) -> None:
         self.last_request = time.monotonic()
         self.requests += 1
 
 
-class _Model:
-    """The fair queue as an Encoder sees a server: what its cache lacks goes through it."""
+class _HandOver(Exception):
+    """A search with much to embed: the client does it, showing its progress."""
 
-    def __init__(self, backend: Backend, gone: Callable[[], bool]) -> None:
-        self.backend, self.gone = backend, gone
+
+class _Relabel:
+    """Paths under a client's names, walked as absolute paths, named as the client names
+    them: ``[absolute, as named]`` pairs, in the order walked."""
+
+    def __init__(self, names: list[list[str]]) -> None:
+        # Each name as pathlib writes it, as the walk's paths and the client's start.
+        self.pairs = [(str(Path(absolute)), str(Path(named))) for absolute, named in names]
+        self.at = 0  # the name being walked
+
+    def names(self) -> Iterator[str]:
+        for at, (absolute, _) in enumerate(self.pairs):
+            self.at = at
+            yield absolute
+
+    def path(self, path: str, at: int | None = None) -> str:
+        absolute, named = self.pairs[self.at if at is None else at]
+        if path == absolute:
+            return named
+        head = absolute.rstrip("/") + "/"
+        if not path.startswith(head):
+            raise ValueError(f"{path} was found outside {absolute}")
+        # As str(Path(named, rest)) writes it (rest is a walked path's tail), without
+        # pathlib's parsing: a search relabels every passage of the files it reads.
+        rest = path[len(head) :]
+        return rest if named == "." else f"{named.rstrip('/')}/{rest}"
+
+    def item(self, item: Any, at: int | None = None) -> Any:
+        """A Passage or KeptFile (its passages too, when read) under its client name."""
+        from dataclasses import replace
+
+        from modernbert_cli.passages import KeptFile
+
+        at = self.at if at is None else at
+        if isinstance(item, KeptFile):
+            read = item.read
+            return replace(
+                item,
+                path=self.path(item.path, at),
+                read=lambda: (self.item(passage, at) for passage in read()),
+            )
+        return replace(item, path=self.path(item.path, at))
+
+
+class _Model:
+    """The fair queue as an Encoder sees a server: what its cache lacks goes through it.
+
+    ``documents``: how many document texts it embeds before it hands the work back.
+    """
+
+    def __init__(
+        self, backend: Backend, gone: Callable[[], bool], documents: int | None = None
+    ) -> None:
+        self.backend, self.gone, self.documents = backend, gone, documents
 
     def embed(self, texts: list[str], prompt: str | None, task: str | None) -> tuple[Any, Any]:
+        if self.documents is not None and task == "document":
+            self.documents -= len(texts)
+            if self.documents < 0:
+                raise _HandOver(f"{len(texts):,} passages to embed")
         done = self.backend.embed(texts, prompt, task, self.gone)
         return done.vectors, done.truncated
 
@@ -445,6 +651,8 @@ def handle(
             return {"ok": True, **pack_vectors(done.vectors), "truncated": done.truncated.tolist()}
         if op == "similar":
             return {"ok": True, **backend.similar(message, gone)}
+        if op == "search":
+            return {"ok": True, **backend.search(message, gone)}
         if op == "stop":
             stop()
             return {"ok": True}

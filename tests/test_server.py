@@ -337,13 +337,13 @@ def test_similar_through_the_server_uses_and_fills_the_clients_cache(
     assert (stats.entries, stats.hits, stats.misses) == (6, 6, 6)
 
 
-@pytest.mark.parametrize("max_inputs", [None, 3], ids=["one-request", "ranked-by-client"])
+@pytest.mark.parametrize("max_inputs", [None, 3], ids=["searched-there", "ranked-by-client"])
 def test_similar_over_a_folder_searched_before_through_the_server(
     cli, start_server, tiny_model, monkeypatch, tmp_path, max_inputs
 ):
     """Files kept whole (passages unread, vectors in one row) answer as passages do, whether
-    the server ranks them (a folder small enough: their passages read and sent) or the
-    client does (its rows scored here, the server embedding the query)."""
+    the server walks and ranks them or the client does (a server without the search op:
+    its rows scored here, the server embedding the query)."""
     for n in range(3):
         (tmp_path / f"{n}.txt").write_text(f"file {n}\n" + "\n".join(TEXTS * 3) + "\n")
     args = ["--passages", "-i", str(tmp_path), "--passage-tokens", "16",
@@ -351,6 +351,16 @@ def test_similar_over_a_folder_searched_before_through_the_server(
     assert cli("similar", "a dog", *args, "--no-server").code == 0  # keeps each file's rows
     if max_inputs is not None:
         monkeypatch.setattr(client, "MAX_INPUTS", max_inputs)
+        old_handle = server.handle
+        monkeypatch.setattr(
+            server,
+            "handle",
+            lambda backend, message, *rest: (
+                {"ok": False, "error": "unknown op 'search'"}
+                if message["op"] == "search"
+                else old_handle(backend, message, *rest)
+            ),
+        )
     limits = server.Limits(max_inputs=max_inputs) if max_inputs else None
     running = start_server(encoder=served_as_serve_does(tiny_model), limits=limits)
     with monkeypatch.context() as patch:
@@ -360,6 +370,212 @@ def test_similar_over_a_folder_searched_before_through_the_server(
     assert running.backend.requests == 3  # the infos, then one request: all, or the query
     alone = cli("similar", "a kitten", *args, "--no-server")
     assert served.stdout_bytes == alone.stdout_bytes
+
+
+def notes_folder(root: Path) -> Path:
+    """A folder to search: files in a subfolder, an empty, a hidden and a binary file."""
+    folder = root / "notes"
+    (folder / "deep").mkdir(parents=True)
+    for n in range(3):
+        (folder / f"{n}.txt").write_text(f"file {n}\n" + "\n".join(TEXTS * (n + 2)) + "\n")
+    (folder / "deep" / "long.md").write_text(LONG_TEXT + "\n" + "\n".join(TEXTS) + "\n")
+    (folder / "empty.txt").write_text("")
+    (folder / ".hidden.txt").write_text("a cat\n")
+    (folder / "blob.bin").write_bytes(b"\x00\x01" * 50)
+    return folder
+
+
+SEARCHES = {
+    "jsonl": ["-f", "jsonl"],
+    "table": ["-f", "table", "-k", "3"],
+    "grep-per-document": ["-f", "grep", "--per-document"],
+    "csv-threshold": ["-f", "csv", "--threshold", "0.1", "-k", "50"],
+    "json-queries": ["-f", "json", "--queries", "queries.txt", "-k", "4"],
+    "tsv-verbose": ["-f", "tsv", "-v", "--no-cache"],
+}
+
+
+@pytest.mark.parametrize("options", SEARCHES.values(), ids=SEARCHES.keys())
+def test_a_folder_search_is_walked_and_ranked_by_the_server_alike(
+    cli, start_server, tiny_model, monkeypatch, tmp_path, options
+):
+    """`similar --passages -i FOLDER` through a warm server: one request (the server walks,
+    splits and ranks, through the client's caches), and the very bytes of an in-process run
+    on stdout and stderr, the paths named as given (relative, absolute, with ./)."""
+    notes_folder(tmp_path)
+    (tmp_path / "queries.txt").write_text(f"a kitten\nlava\n{LONG_TEXT}\n")
+    monkeypatch.chdir(tmp_path)
+    query = [] if "--queries" in options else ["a kitten"]  # else a corpus text: read here
+    args = ["similar", *query, "--passages", "--passage-tokens", "16", "-m", tiny_model,
+            "--device", "cpu", "-i", "./notes/deep/", "-i", "notes/0.txt",
+            "-i", str(tmp_path / "notes"), *options]  # fmt: skip
+    running = start_server(encoder=served_as_serve_does(tiny_model))
+    requests = []
+    old_handle = server.handle
+
+    def handle(backend, message, *rest):
+        requests.append(message["op"])
+        return old_handle(backend, message, *rest)
+
+    monkeypatch.setattr(server, "handle", handle)
+    for _ in range(2):  # first the server embeds, then it finds the caches filled
+        with monkeypatch.context() as patch:
+            patch.setattr(model_loading, "load", lambda spec: pytest.fail("the client loaded it"))
+            served = cli(*args)
+        assert served.code == 0, served.stderr
+        alone = cli(*args, "--no-server")
+        assert alone.code == 0, alone.stderr
+        assert served.stdout.splitlines() == alone.stdout.splitlines()
+        assert served.stderr == alone.stderr
+        assert requests[-2:] == ["info", "search"]
+    if "--queries" in options:  # the server's counts make the note
+        assert "1 of 3 queries" in served.stderr
+    if "-v" in options:
+        assert f"skipped {tmp_path}/notes/empty.txt: empty\n" in served.stderr
+    assert running.backend.requests == 5  # the fixture's info; then info and search, twice
+
+
+def test_a_folder_search_falls_back_on_an_older_server(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """A server without the search op: the client walks and ranks, quietly, as before."""
+    folder = notes_folder(tmp_path)
+    args = ["similar", "a kitten", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16"]  # fmt: skip
+    alone = cli(*args, "--no-server")
+    start_server(encoder=served_as_serve_does(tiny_model))
+    old_handle = server.handle
+    ops = []
+
+    def handle(backend, message, *rest):
+        ops.append(message["op"])
+        if message.get("op") == "search":
+            return {"ok": False, "error": "unknown op 'search'"}
+        return old_handle(backend, message, *rest)
+
+    monkeypatch.setattr(server, "handle", handle)
+    served = cli(*args)
+    assert (served.stdout_bytes, served.stderr) == (alone.stdout_bytes, alone.stderr)
+    assert ops[:2] == ["info", "search"] and "search" not in ops[2:]
+
+
+@pytest.mark.parametrize("what", ["missing", "no-passages"])
+def test_errors_of_a_folder_search_are_the_clients_own(
+    cli, start_server, tiny_model, tmp_path, what
+):
+    """What the run itself would refuse, the server hands back: the same one line."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("")
+    name = str(tmp_path / ("nowhere" if what == "missing" else "empty"))
+    args = ["similar", "q", "--passages", "-i", name, "-m", tiny_model, "--device", "cpu"]
+    alone = cli(*args, "--no-server")
+    start_server(encoder=served_as_serve_does(tiny_model))
+    served = cli(*args)
+    assert served.code == alone.code != 0
+    assert name in served.stderr and "Traceback" not in served.stderr
+    assert (served.stdout, served.stderr) == (alone.stdout, alone.stderr)
+
+
+def test_a_file_changed_between_two_searches_is_served_fresh(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """The server keeps nothing of a file but under its content: an edit is searched as is."""
+    folder = notes_folder(tmp_path)
+    args = ["similar", "volcanoes", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16", "-k", "40"]  # fmt: skip
+    start_server(encoder=served_as_serve_does(tiny_model))
+    first = cli(*args)
+    changed = folder / "1.txt"
+    stat = changed.stat()
+    changed.write_text(changed.read_text().replace("volcanoes", "VOLCANOES"))
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same size and time
+    served = cli(*args)
+    alone = cli(*args, "--no-server")
+    assert served.stdout_bytes == alone.stdout_bytes != first.stdout_bytes
+    assert b"VOLCANOES" in served.stdout_bytes
+
+
+def test_a_repeat_search_reads_no_kept_row_and_an_edit_is_read_afresh(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """The server holds the blocks it read, under the file's content: a repeat search reads
+    none from the cache file; an edited file's block is new, and read or made afresh."""
+    folder = notes_folder(tmp_path)
+    args = ["similar", "a kitten", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16"]  # fmt: skip
+    assert cli(*args, "--no-server").code == 0  # every file's block kept
+    running = start_server(encoder=served_as_serve_does(tiny_model))
+    read = []
+    old_block = EmbeddingCache.block
+
+    def block(self, fingerprint, key):
+        read.append(key)
+        return old_block(self, fingerprint, key)
+
+    monkeypatch.setattr(EmbeddingCache, "block", block)
+    first = cli(*args)
+    assert len(read) == 4  # 0-2.txt and deep/long.md, from the cache file
+    again = cli(*args)
+    assert len(read) == 4 and again.stdout_bytes == first.stdout_bytes
+    (folder / "1.txt").write_text("a kitten sleeps on a rug\n")
+    edited = cli(*args)
+    assert len(read) == 5  # the edited file's new block: not kept yet, then made
+    assert edited.stdout_bytes == cli(*args, "--no-server").stdout_bytes != first.stdout_bytes
+    assert running.backend.kept_blocks.size > 0
+
+
+def test_a_search_with_much_to_embed_is_handed_back_to_the_client(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """Past SEARCH_NEW_TEXTS passages to embed, the client searches (showing its
+    progress, the server's model embedding for it); the next search, all kept, is the
+    server's."""
+    folder = notes_folder(tmp_path)
+    args = ["similar", "a kitten", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16"]  # fmt: skip
+    start_server(encoder=served_as_serve_does(tiny_model))
+    monkeypatch.setattr(server, "SEARCH_NEW_TEXTS", 2)
+    ops = []
+    old_handle = server.handle
+
+    def handle(backend, message, *rest):
+        reply = old_handle(backend, message, *rest)
+        ops.append((message["op"], "redo" in reply))
+        return reply
+
+    monkeypatch.setattr(server, "handle", handle)
+    first = cli(*args)
+    assert first.code == 0, first.stderr
+    # Then the client's own ways: here a corpus this small is ranked by the similar op.
+    assert ops == [("info", False), ("search", True), ("similar", False)]
+    ops.clear()
+    again = cli(*args)
+    assert ops == [("info", False), ("search", False)]
+    assert first.stdout_bytes == again.stdout_bytes == cli(*args, "--no-server").stdout_bytes
+
+
+@pytest.mark.parametrize("named", [".", "./", "notes", "notes/", "./a//b", "../x", "/", "/srv/n"])
+def test_walked_paths_are_named_as_pathlib_names_them_for_the_client(named):
+    absolute = named if named.startswith("/") else f"/home/u/{named}"
+    relabel = server._Relabel([[absolute, named]])
+    assert list(relabel.names()) == [str(Path(absolute))]
+    for rest in ("a.txt", "deep/b.md", ".x/c"):
+        walked = str(Path(absolute) / rest)
+        assert relabel.path(walked) == str(Path(named) / rest)
+    assert relabel.path(str(Path(absolute))) == str(Path(named))
+
+
+def test_the_http_side_cannot_search(start_server):
+    running = start_server(http=("127.0.0.1", 0))
+    host, port = running.backend.http.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    body = json.dumps({"op": "search", "queries": ["q"], "names": ["/"]})
+    for route in ("/v1/search", "/v1/embeddings", "/"):
+        connection.request("POST", route, body, {"Content-Type": "application/json"})
+        reply = connection.getresponse()
+        assert b"hits" not in reply.read()
+        assert reply.status >= 400
+    connection.close()
 
 
 def test_a_damaged_cache_warns_the_client_of_a_server(cli, start_server, tiny_model, tmp_path):
@@ -774,7 +990,9 @@ print(json.dumps({{"code": code, "heavy": sorted(m for m in {NOT_NEEDED!r} if m 
 """
 
 
-def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, detached, monkeypatch):
+def test_detached_server_status_light_client_and_stop(
+    cli, tiny_model, key, detached, monkeypatch, tmp_path
+):
     model = ["-m", tiny_model, "--device", "cpu"]
     started = cli("serve", "--detach", *model)
     assert started.code == 0, started.stderr
@@ -810,6 +1028,23 @@ def test_detached_server_status_light_client_and_stop(cli, tiny_model, key, deta
     alone = cli(*args, "--no-server")
     assert "\n".join(lines[:-1]) + "\n" == alone.stdout
     assert client.ServerClient(path, key).info()["requests"] > info["requests"]
+
+    # A folder search too: the server walks and ranks it, a first time and a repeat.
+    for n in range(3):  # nothing to skip, nothing to say: no console either
+        (tmp_path / f"{n}.txt").write_text(f"file {n}\n" + "\n".join(TEXTS * 9) + "\n")
+    args = ["similar", "a kitten", "--passages", "-i", str(tmp_path), *model, "-f", "jsonl"]
+    for _ in range(2):
+        probe = subprocess.run(
+            [sys.executable, "-c", CLIENT_PROBE, json.dumps(args)],
+            capture_output=True,
+            cwd=ROOT,
+            timeout=120,
+            env=os.environ,
+        )
+        lines = probe.stdout.decode().splitlines()
+        assert json.loads(lines[-1]) == {"code": 0, "heavy": []}, probe.stderr.decode()
+        assert probe.stderr.decode() == ""
+        assert "\n".join(lines[:-1]) + "\n" == cli(*args, "--no-server").stdout
 
     stopped = cli("serve", "stop", "-m", tiny_model)
     assert stopped.code == 0, stopped.stderr
