@@ -15,7 +15,6 @@ Each command runs in a fresh process; runs are interleaved and medians quoted.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -43,10 +42,7 @@ def main() -> None:
     print(host.describe())
 
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-cache-bench-"))
-    env = host.installed_env(
-        {**os.environ, "HF_HUB_OFFLINE": "1", "MODERNBERT_CLI_CACHE_DIR": str(work / "cache")},
-        work / "bytecode",
-    )
+    env = host.command_env(work)
     corpus = work / "corpus.txt"
     corpus.write_text("\n".join(make_texts(args.corpus, 10, 60, seed=7)) + "\n")
     cli = [sys.executable, "-m", "modernbert_cli"]

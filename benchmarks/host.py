@@ -57,6 +57,21 @@ def installed_env(env: dict[str, str], folder: Path) -> dict[str, str]:
     return env
 
 
+def command_env(work: Path) -> dict[str, str]:
+    """The environment of the commands a benchmark times: offline, from bytecode
+    (:func:`installed_env`), with a cache folder (``work/cache``) and a runtime folder
+    (``work/run``: its servers are this run's alone, ``serve stop --all`` stops no other)."""
+    runtime = work / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "MODERNBERT_CLI_CACHE_DIR": str(work / "cache"),
+        "XDG_RUNTIME_DIR": str(runtime),
+    }
+    return installed_env(env, work / "bytecode")
+
+
 def describe() -> str:
     """One line: CPU model, cores, which of :data:`FLAGS` it has and lacks, load now."""
     name, flags = cpu()

@@ -59,19 +59,7 @@ def main() -> None:
     threads = str(args.threads)
     os.environ.update(OMP_NUM_THREADS=threads, RAYON_NUM_THREADS=threads)
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-passages-bench-"))
-    runtime = work / "run"
-    runtime.mkdir(mode=0o700)
-    # The commands run from bytecode, as installed: none compiles the package anew.
-    env = host.installed_env(
-        {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "MODERNBERT_CLI_CACHE_DIR": str(work / "cache"),
-            # A runtime folder of its own: `serve stop --all` stops this run's server only.
-            "XDG_RUNTIME_DIR": str(runtime),
-        },
-        work / "bytecode",
-    )
+    env = host.command_env(work)
     os.environ.update(MODERNBERT_CLI_CACHE_DIR=env["MODERNBERT_CLI_CACHE_DIR"])
     print(f"load: {_load()}; {args.threads} thread(s); work folder {work}", flush=True)
     try:

@@ -15,7 +15,6 @@ off (``--no-cache``) so that it is the server that is measured.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -39,16 +38,7 @@ def main() -> None:
     print(host.describe())
 
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-serve-bench-"))
-    env = host.installed_env(
-        {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "XDG_RUNTIME_DIR": str(work / "run"),
-            "MODERNBERT_CLI_CACHE_DIR": str(work / "cache"),
-        },
-        work / "bytecode",
-    )
-    (work / "run").mkdir()
+    env = host.command_env(work)
     cli = [sys.executable, "-m", "modernbert_cli"]
     model = ["-m", args.model, "--device", "cpu"]
     common = [*model, "--no-cache", "-q"]

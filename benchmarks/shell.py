@@ -24,7 +24,6 @@ not move.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
@@ -51,16 +50,7 @@ def main() -> None:
 
     print(host.describe())
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-shell-bench-"))
-    env = host.installed_env(
-        {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "XDG_RUNTIME_DIR": str(work / "run"),
-            "MODERNBERT_CLI_CACHE_DIR": str(work / "cache"),
-        },
-        work / "bytecode",
-    )
-    (work / "run").mkdir()
+    env = host.command_env(work)
     py = [sys.executable]
     cli = [*py, "-m", "modernbert_cli"]
     commands = {

@@ -197,10 +197,7 @@ def _whole_process(model_name: str, args: argparse.Namespace) -> list[dict]:
 
     path = _model_path(model_name)
     work = Path(tempfile.mkdtemp(prefix="modernbert-cli-throughput-"))
-    env = host.installed_env(
-        {**os.environ, "HF_HUB_OFFLINE": "1", "MODERNBERT_CLI_CACHE_DIR": str(work / "cache")},
-        work / "bytecode",
-    )
+    env = host.command_env(work)
     texts = make_texts(args.whole_process, 10, 120, seed=1)
     files = {"texts": work / "texts.txt", "one": work / "one.txt"}
     files["texts"].write_text("\n".join(texts) + "\n", encoding="utf-8")
