@@ -43,7 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from modernbert_cli.cache import _make_private
+from modernbert_cli.cache import (
+    _BUSY_TIMEOUT_MS,
+    _make_private,
+    _retry_busy,
+    _size,
+    _transaction,
+)
 from modernbert_cli.cache import default_path as embeddings_path
 
 CACHE_FILE = "passages.sqlite3"
@@ -55,7 +61,6 @@ RACY_NS = 2_000_000_000
 CHUNK_CHARS = 1 << 20
 
 _SCHEMA_VERSION = 1
-_BUSY_TIMEOUT_MS = 10_000
 _TOUCH_S = 3600  # last_used is refreshed at most this often: a hit costs no write
 _TOUCH_BATCH = 512
 _ABANDONED_S = 24 * 3600  # an unfinished entry this old was left by a process that died
@@ -531,36 +536,3 @@ def _delete(db: sqlite3.Connection, ids: list[int]) -> None:
         marks = ",".join("?" * len(batch))
         db.execute(f"DELETE FROM chunks WHERE file IN ({marks})", batch)
         db.execute(f"DELETE FROM files WHERE id IN ({marks})", batch)
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT: the write lock taken up front, so no deadlock on upgrade."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def _retry_busy(step: Callable[[], Any], attempts: int = 10) -> Any:
-    """``step``, again after a short pause when refused at once as busy (several processes
-    opening a new file together); a refusal after the busy timeout had waited is final."""
-    for attempt in range(attempts):
-        started = time.monotonic()
-        try:
-            return step()
-        except sqlite3.OperationalError as error:
-            busy = "locked" in str(error) or "busy" in str(error)
-            if not busy or time.monotonic() - started > 1.0 or attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def _size(db: sqlite3.Connection) -> int:
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    free = db.execute("PRAGMA freelist_count").fetchone()[0]
-    return (pages - free) * db.execute("PRAGMA page_size").fetchone()[0]
