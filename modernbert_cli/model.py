@@ -346,7 +346,7 @@ def import_sentence_transformers() -> Any:
     afterwards ``import sklearn`` is the real one, and the names sentence-transformers
     took from a stand-in import it at their first call. Everything else is as usual.
     """
-    import importlib
+    import importlib.machinery
     import sys
     import types
 
