@@ -512,11 +512,9 @@ def _calibration_ranges(manifest: str, options: dict[str, Any], encode: dict[str
 def _quantize(vectors: np.ndarray, precision: str, ranges: Any) -> np.ndarray:
     if precision == "float32":
         return vectors
-    try:  # sentence-transformers >= 6
-        from sentence_transformers.util.quantization import quantize_embeddings
-    except ImportError:
-        from sentence_transformers.quantization import quantize_embeddings
+    from modernbert_cli.model import embedding_quantizer
 
+    quantize_embeddings = embedding_quantizer()
     if precision in ("int8", "uint8"):
         bounds = np.asarray(ranges, dtype=np.float32)
         return quantize_embeddings(vectors, precision=precision, ranges=bounds)

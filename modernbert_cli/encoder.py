@@ -367,11 +367,9 @@ class Encoder:
             return vectors
         import numpy as np
 
-        try:  # sentence-transformers >= 6
-            from sentence_transformers.util.quantization import quantize_embeddings
-        except ImportError:
-            from sentence_transformers.quantization import quantize_embeddings
+        from modernbert_cli.model import embedding_quantizer
 
+        quantize_embeddings = embedding_quantizer()
         if precision in ("int8", "uint8"):
             key = role or ""
             if key not in self._ranges:

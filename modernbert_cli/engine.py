@@ -287,25 +287,36 @@ def quantize_int8(model: Any) -> Any:
 
     fbgemm's int8 products run about twice as fast as fp32 ones on an AVX2 CPU without
     VNNI. In place: a copy would cost half a second and the fp32 weights' memory, and the
-    engine keeps only the int8 model.
+    engine keeps only the int8 model. The matrices are converted on as many threads as
+    torch computes on (fbgemm packs each on one): ModernBERT-base's 87 took 1.5 s on one
+    thread of a 2-core CPU, 0.8 s on two.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     first_ffn_output = next((n for n, _ in linears if _FFN_OUTPUTS.search(n)), None)
+    linears = [(n, m) for n, m in linears if n != first_ffn_output]
     int8 = _int8_linear()
-    # One work buffer for every matrix: a fresh one each time costs its page faults.
+    # One work buffer per thread for every matrix: a fresh one each costs its page faults.
     largest = max((m.weight.numel() for _, m in linears), default=0)
-    buffer = torch.empty(largest, dtype=torch.float32)
+    buffers = threading.local()
+
+    def convert(linear: Any) -> Any:
+        if not hasattr(buffers, "buffer"):
+            buffers.buffer = torch.empty(largest, dtype=torch.float32)
+        return int8(linear, buffers.buffer)
+
     # torch announces the end of its quantized tensors (fbgemm's kernels take them): a note
     # for us, not for a user who asked for int8.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for name, linear in linears:
-            if name != first_ffn_output:
-                parent, _, child = name.rpartition(".")
-                module = model.get_submodule(parent) if parent else model
-                setattr(module, child, int8(linear, buffer))
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            converted = list(pool.map(convert, [linear for _, linear in linears]))
+    for (name, _), int8_linear in zip(linears, converted, strict=True):
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, int8_linear)
     return model
 
 

@@ -11,10 +11,12 @@ that need them: importing them here would cost seconds on every ``--help``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,10 +315,8 @@ def load(spec: ModelSpec) -> Any:
         )
     device = pick_devices(spec.device)[0]  # the engine places replicas on the others
     quiet_libraries()
-    from sentence_transformers import SentenceTransformer
-
     try:
-        model = SentenceTransformer(
+        model = import_sentence_transformers().SentenceTransformer(
             # A fully cached hub model loads from its folder: by its id, huggingface_hub
             # still asks the hub for its agent registry (a 3 s timeout offline).
             str(resolved.snapshot) if resolved.cached else resolved.location,
@@ -329,6 +329,77 @@ def load(spec: ModelSpec) -> Any:
     if spec.max_seq_length is not None:
         _set_max_seq_length(model, spec.max_seq_length)
     return model
+
+
+# Modules that sentence-transformers (and transformers under it) import at start-up only
+# for names the tool never calls: scikit-learn, 2 s of a 10 s start-up on a 2-core CPU, for
+# ``pairwise_distances`` (``sentence_transformers.util.similarity``), and SciPy's
+# optimizers, 0.4 s, for transformers' object-detection loss. While sentence-transformers
+# is imported they are stand-ins whose names import the real module when first called.
+_STAND_INS = ("sklearn", "sklearn.metrics", "scipy.optimize")
+
+
+def import_sentence_transformers() -> Any:
+    """``import sentence_transformers``, without importing what :data:`_STAND_INS` names.
+
+    A stand-in is used only for a module not imported yet, and only during this import:
+    afterwards ``import sklearn`` is the real one, and the names sentence-transformers
+    took from a stand-in import it at their first call. Everything else is as usual.
+    """
+    import importlib.machinery
+    import sys
+    import types
+
+    if "sentence_transformers" in sys.modules:
+        return sys.modules["sentence_transformers"]
+    stand_ins = {}
+    for name in _STAND_INS:
+        if name in sys.modules:
+            continue
+        module = types.ModuleType(name, f"{name}, imported at the first call of a name")
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package="." not in name)
+        if "." not in name:
+            module.__path__ = []
+        module.__getattr__ = functools.partial(_later, name)
+        stand_ins[name] = module
+    for name, module in stand_ins.items():
+        parent, _, child = name.rpartition(".")
+        if parent in stand_ins:
+            setattr(stand_ins[parent], child, module)
+    sys.modules.update(stand_ins)
+    try:
+        import sentence_transformers
+    finally:
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+    return sentence_transformers
+
+
+def _later(module: str, name: str) -> Any:
+    """``module.name`` as a function that imports ``module`` when it is first called."""
+    import importlib
+
+    if name.startswith("__"):
+        raise AttributeError(name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = module
+    call.__doc__ = f"{module}.{name}, imported at its first call"
+    return call
+
+
+def embedding_quantizer() -> Callable[..., Any]:
+    """sentence-transformers' ``quantize_embeddings`` (its home moved in release 6)."""
+    import_sentence_transformers()
+    try:
+        from sentence_transformers.util.quantization import quantize_embeddings
+    except ImportError:
+        from sentence_transformers.quantization import quantize_embeddings
+    return quantize_embeddings
 
 
 def _set_max_seq_length(model: Any, value: int) -> None:
