@@ -20,6 +20,7 @@ server-backed run never pays for torch at all.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -624,10 +625,13 @@ def rank(
     its answers are the ones this process would give. A
     :class:`~modernbert_cli.passages.KeptFile` in ``corpus`` stands for its passages:
     ``kept(key)`` gives their vectors as kept for the whole file, scored as one matrix
-    and its passages read only if one is among the best; a file with none kept is read
-    and embedded with the rest, ``embed(texts, role, blocks)`` told its rows (key,
-    start, end) so that they are kept for the next query.
+    with those of the kept files next to it, and its passages read only if one is among
+    the best; a file with none kept is read and embedded with the rest,
+    ``embed(texts, role, blocks)`` told its rows (key, start, end) so that they are kept
+    for the next query.
     """
+    import numpy as np
+
     from modernbert_cli.passages import KeptFile
     from modernbert_cli.scoring import TopK
 
@@ -636,6 +640,11 @@ def rank(
     size = CHUNK_TEXTS  # read at call time: tests make it small
     pending: list[Any] = []
     blocks: list[tuple[bytes, int, int]] = []
+    # Kept files in a row, scored together: one product, not one per file. Either these
+    # or ``pending`` wait, never both: rows are numbered in corpus order.
+    files: list[Any] = []
+    vectors_of_files: list[np.ndarray] = []
+    starts = [0]
 
     def flush() -> None:
         if pending:
@@ -644,20 +653,36 @@ def rank(
             best.add(query_vectors, vectors, list(pending))
             pending.clear()
             blocks.clear()
+        if files:
+            # float64, as scoring takes them: one copy, not a join and then a copy.
+            joined = np.concatenate(vectors_of_files, dtype=np.float64)
+            best.add(query_vectors, joined, _Rows(files, starts))
+            files.clear()
+            vectors_of_files.clear()
+            del starts[1:]
 
     for item in corpus:
         if not isinstance(item, KeptFile):
+            if files:
+                flush()
             pending.append(item)
         elif kept is None:
+            if files:
+                flush()
             pending.extend(_read_whole(item))
         elif (vectors := kept(item.block_key)) is not None and len(vectors) == item.count:
-            flush()  # rows are numbered in corpus order
-            best.add(query_vectors, vectors, _Rows(item))
+            if pending:
+                flush()
+            files.append(item)
+            vectors_of_files.append(vectors)
+            starts.append(starts[-1] + len(vectors))
         else:
+            if files:
+                flush()
             passages = _read_whole(item)
             blocks.append((item.block_key, len(pending), len(pending) + len(passages)))
             pending.extend(passages)
-        if len(pending) >= size:
+        if len(pending) >= size or starts[-1] >= size:
             flush()
     flush()
     return _with_passages(best.results())
@@ -677,20 +702,22 @@ class _Row:
 
 
 class _Rows(Sequence[_Row]):
-    """The rows of a kept file as ranking labels: made only for the rows kept."""
+    """The rows of kept files, one after another, as ranking labels: made only for the
+    rows kept. ``starts``: the row each file begins at, then the number of rows."""
 
-    def __init__(self, file: Any) -> None:
-        self.file = file
+    def __init__(self, files: list[Any], starts: list[int]) -> None:
+        self.files, self.starts = list(files), list(starts)
 
     def __len__(self) -> int:
-        return int(self.file.count)
+        return self.starts[-1]
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return [_Row(self.file, k) for k in range(*i.indices(len(self)))]
+            return [self[k] for k in range(*i.indices(len(self)))]
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return _Row(self.file, i)
+        at = bisect_right(self.starts, i) - 1
+        return _Row(self.files[at], i - self.starts[at])
 
 
 def _with_passages(results: list[list[Hit]]) -> list[list[Hit]]:
