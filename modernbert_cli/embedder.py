@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 # Texts embedded (and read, when they come from a stream) at a time: large enough to
 # keep a GPU busy, small enough that memory does not depend on the size of the input.
 CHUNK_TEXTS = 8192
+# Kept rows scored at a time: their float64 copy (3 MB of minilm's) stays in the CPU's
+# cache while it is scaled and multiplied, twice as fast as 8192 rows at a time.
+KEPT_ROWS = 1024
 
 
 def _log(level: str) -> Callable[[str], None]:
@@ -682,7 +685,7 @@ def rank(
             passages = _read_whole(item)
             blocks.append((item.block_key, len(pending), len(pending) + len(passages)))
             pending.extend(passages)
-        if len(pending) >= size or starts[-1] >= size:
+        if len(pending) >= size or starts[-1] >= min(size, KEPT_ROWS):
             flush()
     flush()
     return _with_passages(best.results())

@@ -58,17 +58,22 @@ class _Rules:
     spec: object  # pathspec.GitIgnoreSpec
 
 
-def walk(root: Path, on_skip: OnSkip | None = None) -> Iterator[Path]:
+Judge = Callable[[Path], "str | None"]
+
+
+def walk(root: Path, on_skip: OnSkip | None = None, judge: Judge | None = None) -> Iterator[Path]:
     """Every text file under ``root``, in sorted order, depth first; skips go to ``on_skip``.
 
     ``root`` itself is searched even when it is hidden or ignored (as ripgrep does
-    with a folder named on its command line); what is below it is filtered.
+    with a folder named on its command line); what is below it is filtered. ``judge``
+    says why a file (its absolute path) is no text file, as :func:`sniff` does (the
+    default): a warm server remembers its verdicts.
     """
     skip = on_skip or (lambda skipped: None)
     top = Path(os.path.abspath(root))
     repo = git_work_tree(top)
     rules = _inherited_rules(repo, top) if repo is not None else None
-    yield from _walk(top, root, rules, skip)
+    yield from _walk(top, root, rules, skip, judge or sniff)
 
 
 def git_work_tree(folder: Path) -> Path | None:
@@ -79,7 +84,9 @@ def git_work_tree(folder: Path) -> Path | None:
     return None
 
 
-def _walk(folder: Path, shown: Path, rules: list[_Rules] | None, skip: OnSkip) -> Iterator[Path]:
+def _walk(
+    folder: Path, shown: Path, rules: list[_Rules] | None, skip: OnSkip, judge: Judge
+) -> Iterator[Path]:
     """``folder`` is absolute (for matching); ``shown`` is the path as the user wrote it."""
     if (rules is None or folder != rules[0].base) and (folder / ".git").exists():
         # A repository's own rules only: git applies no outer .gitignore inside a nested one,
@@ -117,13 +124,13 @@ def _walk(folder: Path, shown: Path, rules: list[_Rules] | None, skip: OnSkip) -
         elif not is_file:
             skip(Skipped(where, SPECIAL))
         else:
-            reason = sniff(path)
+            reason = judge(path)
             if reason is None:
                 yield where
             else:
                 skip(Skipped(where, reason))
     for path, where in subfolders:
-        yield from _walk(path, where, rules, skip)
+        yield from _walk(path, where, rules, skip, judge)
 
 
 def sniff(path: Path) -> str | None:
