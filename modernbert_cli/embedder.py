@@ -620,14 +620,15 @@ def rank(
     threshold: float | None,
     metric: str,
     distinct: Callable[[Any], Hashable] | None = None,
-    kept: Callable[[bytes], np.ndarray | None] | None = None,
+    kept: Callable[[bytes], tuple[np.ndarray, np.ndarray | None] | None] | None = None,
 ) -> list[list[Hit]]:
     """For each query, the best of ``corpus`` (streamed a chunk at a time) by ``metric``.
 
     ``embed(texts, role)`` gives the vectors; the warm server ranks with this too, so
     its answers are the ones this process would give. A
     :class:`~modernbert_cli.passages.KeptFile` in ``corpus`` stands for its passages:
-    ``kept(key)`` gives their vectors as kept for the whole file, scored as one matrix
+    ``kept(key)`` gives their vectors as kept for the whole file (and their rows'
+    lengths, if known), scored as one matrix
     with those of the kept files next to it, and its passages read only if one is among
     the best; a file with none kept is read and embedded with the rest,
     ``embed(texts, role, blocks)`` told its rows (key, start, end) so that they are kept
@@ -647,6 +648,7 @@ def rank(
     # or ``pending`` wait, never both: rows are numbered in corpus order.
     files: list[Any] = []
     vectors_of_files: list[np.ndarray] = []
+    lengths_of_files: list[np.ndarray | None] = []
     starts = [0]
 
     def flush() -> None:
@@ -659,9 +661,12 @@ def rank(
         if files:
             # float64, as scoring takes them: one copy, not a join and then a copy.
             joined = np.concatenate(vectors_of_files, dtype=np.float64)
-            best.add(query_vectors, joined, _Rows(files, starts))
+            unknown = any(lengths is None for lengths in lengths_of_files)
+            known = None if unknown else np.concatenate(lengths_of_files)
+            best.add(query_vectors, joined, _Rows(files, starts), known)
             files.clear()
             vectors_of_files.clear()
+            lengths_of_files.clear()
             del starts[1:]
 
     for item in corpus:
@@ -673,12 +678,13 @@ def rank(
             if files:
                 flush()
             pending.extend(_read_whole(item))
-        elif (vectors := kept(item.block_key)) is not None and len(vectors) == item.count:
+        elif (found := kept(item.block_key)) is not None and len(found[0]) == item.count:
             if pending:
                 flush()
             files.append(item)
-            vectors_of_files.append(vectors)
-            starts.append(starts[-1] + len(vectors))
+            vectors_of_files.append(found[0])
+            lengths_of_files.append(found[1])
+            starts.append(starts[-1] + item.count)
         else:
             if files:
                 flush()

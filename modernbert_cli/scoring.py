@@ -27,7 +27,7 @@ from modernbert_cli.settings import METRICS
 # query sets against big corpora (rows × corpus × 4 bytes).
 _ROW_CHUNK = 256
 
-__all__ = ["Hit", "TopK", "matrix", "pairwise", "top_k"]
+__all__ = ["Hit", "TopK", "lengths", "matrix", "pairwise", "top_k"]
 
 # Manhattan needs rows × columns × dimensions of work space: this many elements at once.
 _MANHATTAN_BLOCK = 1 << 22
@@ -41,6 +41,12 @@ def _unit(array: np.ndarray) -> np.ndarray:
     """Rows scaled to length 1, as torch.nn.functional.normalize (eps 1e-12)."""
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return array / np.maximum(norms, 1e-12)
+
+
+def lengths(rows: np.ndarray) -> np.ndarray:
+    """Each row's length, in float64: what cosine ranking divides a row's products by (a
+    warm server keeps them beside a kept file's vectors)."""
+    return np.linalg.norm(_as_float(rows), axis=1)
 
 
 def _manhattan_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -119,6 +125,9 @@ class TopK:
     Memory is queries × k whatever the corpus size. Ties keep corpus order, so
     results are the same however the corpus was chunked. With ``distinct``, rows whose
     items give the same key (a passage's file) count once: only the best of them is kept.
+
+    Cosine scores are the unit queries' products with the corpus rows, divided by each
+    row's length: the rows themselves are not scaled (a pass over them, and a copy).
     """
 
     def __init__(
@@ -135,6 +144,7 @@ class TopK:
         self.distinct = distinct
         self.seen = 0
         self._prepare, self._pairs, _ = _metric(metric)
+        self._scaled = metric == "cosine"  # the products divided by the rows' lengths
         # The queries as last prepared (in blocks of _ROW_CHUNK rows): a corpus streams
         # past the same queries, which are prepared once, not once per chunk.
         self._queries: tuple[np.ndarray, list[np.ndarray]] | None = None
@@ -142,12 +152,30 @@ class TopK:
         self._indices = [np.empty(0, dtype=np.int64) for _ in range(queries)]
         self._items: dict[int, Any] = {}
 
-    def add(self, queries: np.ndarray, corpus: np.ndarray, items: Sequence[Any]) -> None:
-        """Score one chunk of the corpus (``items`` label its rows) and keep the best."""
-        corpus64 = self._prepare(_as_float(corpus))
+    def add(
+        self,
+        queries: np.ndarray,
+        corpus: np.ndarray,
+        items: Sequence[Any],
+        corpus_lengths: np.ndarray | None = None,
+    ) -> None:
+        """Score one chunk of the corpus (``items`` label its rows) and keep the best.
+
+        ``corpus_lengths``: the rows' :func:`lengths`, when known (else computed here).
+        """
+        corpus64 = _as_float(corpus)
+        if self._scaled:
+            if corpus_lengths is None:
+                corpus_lengths = lengths(corpus64)
+            divisor = np.maximum(corpus_lengths, 1e-12)
+        else:
+            corpus64 = self._prepare(corpus64)
         offset, self.seen = self.seen, self.seen + len(corpus)
         for n, block in enumerate(self._prepared(queries)):
-            scores = self._pairs(block, corpus64).astype(np.float32)
+            products = self._pairs(block, corpus64)
+            if self._scaled:
+                products /= divisor
+            scores = products.astype(np.float32)
             for row, chunk_scores in enumerate(scores, n * _ROW_CHUNK):
                 self._merge(row, chunk_scores, offset, items)
         kept = {int(i) for indices in self._indices for i in indices}
