@@ -576,7 +576,7 @@ class _Relabel:
                 path,
                 item.count,
                 item.block_key,
-                lambda: (self.item(passage, at) for passage in read()),
+                lambda: (Passage(path, p.start, p.end, p.text) for p in read()),
             )
         return Passage(path, item.start, item.end, item.text)
 

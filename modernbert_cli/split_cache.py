@@ -197,7 +197,7 @@ class StatMemo:
             for key in [k for k, (_, _, v) in self._held.items() if v is value]:
                 del self._held[key]
 
-    def sniff(self, path: Path) -> str | None:
+    def sniff(self, path: str) -> str | None:
         """:func:`modernbert_cli.walk.sniff` of ``path``, remembered under its stat."""
         from modernbert_cli import walk
 
@@ -206,7 +206,7 @@ class StatMemo:
             stat = Stat.of(os.stat(path))
         except OSError:
             return walk.sniff(path)
-        key = ("sniff", str(path))
+        key = ("sniff", path)
         found = self.get(key, stat)
         if found is not None:
             return found or None  # "": text

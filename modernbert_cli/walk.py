@@ -58,7 +58,7 @@ class _Rules:
     spec: object  # pathspec.GitIgnoreSpec
 
 
-Judge = Callable[[Path], "str | None"]
+Judge = Callable[[str], "str | None"]
 
 
 def walk(root: Path, on_skip: OnSkip | None = None, judge: Judge | None = None) -> Iterator[Path]:
@@ -104,7 +104,9 @@ def _walk(
         return
     subfolders = []
     for entry in entries:
-        path, where = folder / entry.name, shown / entry.name
+        # The absolute path as a string (scandir's): a Path only where one is needed, as
+        # a warm server walks every file of a folder on every search.
+        path, where = entry.path, shown / entry.name
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
             is_file = entry.is_file(follow_symlinks=False)
@@ -114,13 +116,13 @@ def _walk(
             continue
         if entry.name.startswith("."):
             skip(Skipped(where, HIDDEN, folder=is_dir))
-        elif rules is not None and _ignored(rules, path, is_dir):
+        elif rules is not None and _ignored(rules, Path(path), is_dir):
             skip(Skipped(where, IGNORED, folder=is_dir))
         elif is_link:
             # ripgrep follows no symbolic link unless told (-L): a link can loop or leave the tree.
             skip(Skipped(where, SYMLINK))
         elif is_dir:
-            subfolders.append((path, where))
+            subfolders.append((Path(path), where))
         elif not is_file:
             skip(Skipped(where, SPECIAL))
         else:
@@ -133,10 +135,10 @@ def _walk(
         yield from _walk(path, where, rules, skip, judge)
 
 
-def sniff(path: Path) -> str | None:
+def sniff(path: str | Path) -> str | None:
     """Why ``path`` is no text file (binary, not UTF-8, empty, unreadable), from 8 KiB; or None."""
     try:
-        with path.open("rb") as stream:
+        with open(path, "rb") as stream:
             head = stream.read(SNIFF_BYTES)
     except OSError as error:
         return f"{UNREADABLE} ({error.strerror or error})"

@@ -297,8 +297,8 @@ class Served:
         self.selects: list[str] = []
         sniff, open_db = walk.sniff, SplitCache._open
 
-        def noting_sniff(path: Path):
-            self.sniffed.append(path.name)
+        def noting_sniff(path: str):
+            self.sniffed.append(os.path.basename(path))
             return sniff(path)
 
         def noting_open(cache: SplitCache):
