@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # keep a GPU busy, small enough that memory does not depend on the size of the input.
 CHUNK_TEXTS = 8192
 # Kept rows scored at a time: their float64 copy (3 MB of minilm's) stays in the CPU's
-# cache while it is scaled and multiplied, twice as fast as 8192 rows at a time.
+# cache while it is scored, twice as fast as 8192 rows at a time.
 KEPT_ROWS = 1024
 
 
@@ -627,12 +627,11 @@ def rank(
     ``embed(texts, role)`` gives the vectors; the warm server ranks with this too, so
     its answers are the ones this process would give. A
     :class:`~modernbert_cli.passages.KeptFile` in ``corpus`` stands for its passages:
-    ``kept(key)`` gives their vectors as kept for the whole file (and their rows'
-    lengths, if known), scored as one matrix
-    with those of the kept files next to it, and its passages read only if one is among
-    the best; a file with none kept is read and embedded with the rest,
-    ``embed(texts, role, blocks)`` told its rows (key, start, end) so that they are kept
-    for the next query.
+    ``kept(key)`` gives their vectors as kept for the whole file (and the rows' lengths,
+    if known), scored as one matrix with those of the kept files next to it, and its
+    passages read only if one is among the best; a file with none kept is read and
+    embedded with the rest, ``embed(texts, role, blocks)`` told its rows (key, start,
+    end) so that they are kept for the next query.
     """
     import numpy as np
 
