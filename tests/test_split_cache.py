@@ -290,9 +290,9 @@ class Served:
     """Searches as a warm server runs them: one StatMemo for all, a SplitCache per request;
     what each search sniffed and asked the split cache file is noted."""
 
-    def __init__(self, store: Path, monkeypatch: pytest.MonkeyPatch, max_files: int = 1000):
+    def __init__(self, store: Path, monkeypatch: pytest.MonkeyPatch, max_entries: int = 1000):
         self.store = store
-        self.memo = split_cache.StatMemo(max_files)
+        self.memo = split_cache.StatMemo(max_entries)
         self.sniffed: list[str] = []
         self.selects: list[str] = []
         sniff, open_db = walk.sniff, SplitCache._open
@@ -428,13 +428,13 @@ def test_the_memo_is_bounded(tmp_path, store, old_files, monkeypatch):
     """Past its bound the least recently used files go; a file let go is looked up again."""
     for n in range(10):
         (tmp_path / f"{n}.txt").write_text(document(10, tag=str(n)))
-    served = Served(store, monkeypatch, max_files=6)  # 3 files: a verdict and an entry each
+    served = Served(store, monkeypatch, max_entries=6)  # 3 files: a verdict and an entry each
     served.search(tmp_path)
     assert len(served.memo) == 6
     found = served.search(tmp_path)
     assert len(served.sniffed) == 10  # each let go before the walk came back to it
     assert len(served.memo) == 6 and found == alone(store, tmp_path)
-    assert split_cache.MEMO_FILES * 500 <= 64 << 20  # at most 64 MB, at 500 bytes a file
+    assert split_cache.MEMO_ENTRIES * 1024 <= 32 << 20  # at most 32 MB, at 1 KB an entry
 
 
 def test_a_remembered_entry_is_looked_up_again_when_due_for_a_touch(
