@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+from modernbert_cli import walk
 from modernbert_cli.cache import (
     _BUSY_TIMEOUT_MS,
     _make_private,
@@ -200,8 +201,6 @@ class StatMemo:
 
     def sniff(self, path: str) -> str | None:
         """:func:`modernbert_cli.walk.sniff` of ``path``, remembered under its stat."""
-        from modernbert_cli import walk
-
         checked = time.time_ns()
         try:
             stat = Stat.of(os.stat(path))
