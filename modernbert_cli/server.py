@@ -542,9 +542,12 @@ class _Relabel:
     them: ``[absolute, as named]`` pairs, in the order walked."""
 
     def __init__(self, names: list[list[str]]) -> None:
+        from modernbert_cli.passages import KeptFile, Passage
+
         # Each name as pathlib writes it, as the walk's paths and the client's start.
         self.pairs = [(str(Path(absolute)), str(Path(named))) for absolute, named in names]
         self.at = 0  # the name being walked
+        self._kept_file, self._passage = KeptFile, Passage  # imported once, not per file
 
     def names(self) -> Iterator[str]:
         for at, (absolute, _) in enumerate(self.pairs):
@@ -565,8 +568,7 @@ class _Relabel:
 
     def item(self, item: Any, at: int | None = None) -> Any:
         """A Passage or KeptFile (its passages too, when read) under its client name."""
-        from modernbert_cli.passages import KeptFile, Passage
-
+        KeptFile, Passage = self._kept_file, self._passage
         at = self.at if at is None else at
         path = self.path(item.path, at)
         # Made directly, not by dataclasses.replace: a search relabels every file it walks.
