@@ -341,8 +341,9 @@ class Encoder:
             self.files = files = files.refreshed()
         # Asked once per file of a folder: the prompt is not looked up in the files again.
         asked = (options, role)
-        if asked in self._fingerprints:
-            return self._fingerprints[asked]
+        found = self._fingerprints.get(asked)
+        if found is not None:
+            return found
         # The prompt text, not how it was asked for: embed and similar share entries.
         prompt = self.prompt_text(options, role)
         task = role if files is not None and files.has_router() else None
