@@ -58,7 +58,7 @@ class _Rules:
     spec: object  # pathspec.GitIgnoreSpec
 
 
-Judge = Callable[[str], "str | None"]
+Judge = Callable[[str], str | None]  # why a file is no text file, or None
 
 
 def walk(root: Path, on_skip: OnSkip | None = None, judge: Judge | None = None) -> Iterator[Path]:
