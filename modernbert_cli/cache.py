@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np
@@ -111,7 +111,9 @@ _ADDED_COLUMNS = {"models": {"folder": "TEXT", "files": "TEXT"}}
 class KeptBlocks:
     """Blocks (:meth:`EmbeddingCache.block`) held in memory, the least recently used let go
     past ``max_bytes``: a warm server's repeat search reads no row. Keyed by the model's
-    fingerprint and the block key, which names a file's content: an edit is a new key."""
+    fingerprint and the block key, which names a file's content: an edit is a new key.
+    Each is held with its rows' lengths (:func:`~modernbert_cli.scoring.lengths`, 8 bytes
+    a row), which cosine ranking would otherwise compute on every search."""
 
     def __init__(self, max_bytes: int) -> None:
         import threading
@@ -119,29 +121,44 @@ class KeptBlocks:
 
         self.max_bytes = max_bytes
         self.size = 0
-        self._held: OrderedDict[tuple[str, bytes], tuple[np.ndarray, int]] = OrderedDict()
+        self._held: OrderedDict[tuple[str, bytes], Kept] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, bytes]) -> tuple[np.ndarray, int] | None:
+    def get(self, key: tuple[str, bytes]) -> Kept | None:
         with self._lock:
             found = self._held.get(key)
             if found is not None:
                 self._held.move_to_end(key)
             return found
 
-    def put(self, key: tuple[str, bytes], block: tuple[np.ndarray, int]) -> None:
-        vectors = block[0]
-        if vectors.nbytes > self.max_bytes:
-            return
+    def put(self, key: tuple[str, bytes], block: tuple[np.ndarray, int]) -> Kept:
+        """Hold ``block`` (vectors, truncated) under ``key``, its lengths computed: that."""
+        from modernbert_cli.scoring import lengths
+
+        vectors, truncated = block
+        kept = Kept(vectors, truncated, lengths(vectors))
+        size = vectors.nbytes + kept.lengths.nbytes
+        if size > self.max_bytes:
+            return kept
         vectors.flags.writeable = False  # shared by every request that finds it
+        kept.lengths.flags.writeable = False
         with self._lock:
             if key in self._held:
-                return
-            self._held[key] = block
-            self.size += vectors.nbytes
+                return kept
+            self._held[key] = kept
+            self.size += size
             while self.size > self.max_bytes:
-                _, (dropped, _) = self._held.popitem(last=False)
-                self.size -= dropped.nbytes
+                _, dropped = self._held.popitem(last=False)
+                self.size -= dropped.vectors.nbytes + dropped.lengths.nbytes
+        return kept
+
+
+class Kept(NamedTuple):
+    """A block held by :class:`KeptBlocks`: vectors, how many were truncated, rows' lengths."""
+
+    vectors: np.ndarray
+    truncated: int
+    lengths: np.ndarray
 
 
 class WrongTables(sqlite3.DatabaseError):

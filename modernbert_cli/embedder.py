@@ -20,6 +20,7 @@ server-backed run never pays for torch at all.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 # Texts embedded (and read, when they come from a stream) at a time: large enough to
 # keep a GPU busy, small enough that memory does not depend on the size of the input.
 CHUNK_TEXTS = 8192
+# Kept rows scored at a time: their float64 copy (3 MB of minilm's) stays in the CPU's
+# cache while it is scored, twice as fast as 8192 rows at a time.
+KEPT_ROWS = 1024
 
 
 def _log(level: str) -> Callable[[str], None]:
@@ -616,18 +620,21 @@ def rank(
     threshold: float | None,
     metric: str,
     distinct: Callable[[Any], Hashable] | None = None,
-    kept: Callable[[bytes], np.ndarray | None] | None = None,
+    kept: Callable[[bytes], tuple[np.ndarray, np.ndarray | None] | None] | None = None,
 ) -> list[list[Hit]]:
     """For each query, the best of ``corpus`` (streamed a chunk at a time) by ``metric``.
 
     ``embed(texts, role)`` gives the vectors; the warm server ranks with this too, so
     its answers are the ones this process would give. A
     :class:`~modernbert_cli.passages.KeptFile` in ``corpus`` stands for its passages:
-    ``kept(key)`` gives their vectors as kept for the whole file, scored as one matrix
-    and its passages read only if one is among the best; a file with none kept is read
-    and embedded with the rest, ``embed(texts, role, blocks)`` told its rows (key,
-    start, end) so that they are kept for the next query.
+    ``kept(key)`` gives their vectors as kept for the whole file (and the rows' lengths,
+    if known), scored as one matrix with those of the kept files next to it, and its
+    passages read only if one is among the best; a file with none kept is read and
+    embedded with the rest, ``embed(texts, role, blocks)`` told its rows (key, start,
+    end) so that they are kept for the next query.
     """
+    import numpy as np
+
     from modernbert_cli.passages import KeptFile
     from modernbert_cli.scoring import TopK
 
@@ -636,6 +643,12 @@ def rank(
     size = CHUNK_TEXTS  # read at call time: tests make it small
     pending: list[Any] = []
     blocks: list[tuple[bytes, int, int]] = []
+    # Kept files in a row, scored together: one product, not one per file. Either these
+    # or ``pending`` wait, never both: rows are numbered in corpus order.
+    files: list[Any] = []
+    vectors_of_files: list[np.ndarray] = []
+    lengths_of_files: list[np.ndarray | None] = []
+    starts = [0]
 
     def flush() -> None:
         if pending:
@@ -644,20 +657,40 @@ def rank(
             best.add(query_vectors, vectors, list(pending))
             pending.clear()
             blocks.clear()
+        if files:
+            # float64, as scoring takes them: one copy, not a join and then a copy.
+            joined = np.concatenate(vectors_of_files, dtype=np.float64)
+            unknown = any(lengths is None for lengths in lengths_of_files)
+            known = None if unknown else np.concatenate(lengths_of_files)
+            best.add(query_vectors, joined, _Rows(files, starts), known)
+            files.clear()
+            vectors_of_files.clear()
+            lengths_of_files.clear()
+            del starts[1:]
 
     for item in corpus:
         if not isinstance(item, KeptFile):
+            if files:
+                flush()
             pending.append(item)
         elif kept is None:
+            if files:
+                flush()
             pending.extend(_read_whole(item))
-        elif (vectors := kept(item.block_key)) is not None and len(vectors) == item.count:
-            flush()  # rows are numbered in corpus order
-            best.add(query_vectors, vectors, _Rows(item))
+        elif (found := kept(item.block_key)) is not None and len(found[0]) == item.count:
+            if pending:
+                flush()
+            files.append(item)
+            vectors_of_files.append(found[0])
+            lengths_of_files.append(found[1])
+            starts.append(starts[-1] + item.count)
         else:
+            if files:
+                flush()
             passages = _read_whole(item)
             blocks.append((item.block_key, len(pending), len(pending) + len(passages)))
             pending.extend(passages)
-        if len(pending) >= size:
+        if len(pending) >= size or starts[-1] >= min(size, KEPT_ROWS):
             flush()
     flush()
     return _with_passages(best.results())
@@ -677,20 +710,22 @@ class _Row:
 
 
 class _Rows(Sequence[_Row]):
-    """The rows of a kept file as ranking labels: made only for the rows kept."""
+    """The rows of kept files, one after another, as ranking labels: made only for the
+    rows kept. ``starts``: the row each file begins at, then the number of rows."""
 
-    def __init__(self, file: Any) -> None:
-        self.file = file
+    def __init__(self, files: list[Any], starts: list[int]) -> None:
+        self.files, self.starts = list(files), list(starts)
 
     def __len__(self) -> int:
-        return int(self.file.count)
+        return self.starts[-1]
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return [_Row(self.file, k) for k in range(*i.indices(len(self)))]
+            return [self[k] for k in range(*i.indices(len(self)))]
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return _Row(self.file, i)
+        at = bisect_right(self.starts, i) - 1
+        return _Row(self.files[at], i - self.starts[at])
 
 
 def _with_passages(results: list[list[Hit]]) -> list[list[Hit]]:

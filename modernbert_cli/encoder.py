@@ -203,26 +203,32 @@ class Encoder:
 
     def encode_kept(
         self, key: bytes, options: EncodeOptions = EncodeOptions(), role: Role | None = None
-    ) -> np.ndarray | None:
+    ) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The vectors of a whole file's texts as :meth:`encode` kept them under ``key``
-        (one cache row, not one per text); None when none are kept."""
+        (one cache row, not one per text), and their rows' lengths when known (held with
+        them in :attr:`kept_blocks`); None when none are kept."""
         if self.cache is None or self.cache.disabled:
             return None
         fingerprint = self.fingerprint(options, role)
         # Named by the model, options and the file's content: never another file's.
         found = None if self.kept_blocks is None else self.kept_blocks.get((fingerprint, key))
+        lengths = None
         if found is None:
-            found = self.cache.block(fingerprint, key)
-            if found is None:
+            block = self.cache.block(fingerprint, key)
+            if block is None:
                 return None
+            raw, cut = block
             if self.kept_blocks is not None:
-                self.kept_blocks.put((fingerprint, key), found)
-        raw, cut = found
+                lengths = self.kept_blocks.put((fingerprint, key), block).lengths
+        else:
+            raw, cut, lengths = found
         self.hits += len(raw)
         self._counts.setdefault(fingerprint, [0, 0])[0] += len(raw)
         if self.progress is not None:
             self.progress(len(raw), 0)
-        return self._finish(raw, cut, options, role)
+        vectors = self._finish(raw, cut, options, role)
+        # The lengths are the raw rows': of no use once options change the vectors.
+        return vectors, (lengths if vectors is raw else None)
 
     def _finish(
         self, raw: np.ndarray, cut: int, options: EncodeOptions, role: Role | None
@@ -335,8 +341,9 @@ class Encoder:
             self.files = files = files.refreshed()
         # Asked once per file of a folder: the prompt is not looked up in the files again.
         asked = (options, role)
-        if asked in self._fingerprints:
-            return self._fingerprints[asked]
+        found = self._fingerprints.get(asked)
+        if found is not None:
+            return found
         # The prompt text, not how it was asked for: embed and similar share entries.
         prompt = self.prompt_text(options, role)
         task = role if files is not None and files.has_router() else None

@@ -362,6 +362,7 @@ class Splitter:
         max_line_bytes: int = MAX_LINE_BYTES,
         *,
         kept_files: bool = False,
+        judge: walking.Judge | None = None,
     ) -> Iterator[Passage | KeptFile]:
         """The passages of each file named, and of each text file under each folder named.
 
@@ -371,6 +372,7 @@ class Splitter:
         :class:`~modernbert_cli.inputs.Stdin`). A line over ``max_line_bytes`` is an
         error (a guard against endless input). With ``kept_files``, a file whose
         passages the split cache kept is one :class:`KeptFile`, its passages not read.
+        ``judge``: how a walk tells text files (see :func:`modernbert_cli.walk.walk`).
         """
         skip = on_skip or (lambda skipped: None)
         key = self.key(max_line_bytes) if self.cache is not None and self.identity else None
@@ -380,7 +382,7 @@ class Splitter:
                 if str(name) == STDIN:
                     yield from self._stdin(stdin, position, max_line_bytes)
                 elif path.is_dir():
-                    for file in walking.walk(path, skip):
+                    for file in walking.walk(path, skip, judge):
                         yield from self._file(
                             file, skip, max_line_bytes, key, strict=False, whole=kept_files
                         )

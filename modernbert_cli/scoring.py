@@ -27,7 +27,7 @@ from modernbert_cli.settings import METRICS
 # query sets against big corpora (rows × corpus × 4 bytes).
 _ROW_CHUNK = 256
 
-__all__ = ["Hit", "TopK", "matrix", "pairwise", "top_k"]
+__all__ = ["Hit", "TopK", "lengths", "matrix", "pairwise", "top_k"]
 
 # Manhattan needs rows × columns × dimensions of work space: this many elements at once.
 _MANHATTAN_BLOCK = 1 << 22
@@ -41,6 +41,12 @@ def _unit(array: np.ndarray) -> np.ndarray:
     """Rows scaled to length 1, as torch.nn.functional.normalize (eps 1e-12)."""
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return array / np.maximum(norms, 1e-12)
+
+
+def lengths(rows: np.ndarray) -> np.ndarray:
+    """Each row's length, in float64: what cosine ranking divides a row's products by (a
+    warm server keeps them beside a kept file's vectors)."""
+    return np.linalg.norm(_as_float(rows), axis=1)
 
 
 def _manhattan_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -57,17 +63,27 @@ def _euclidean_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return -np.sqrt(np.maximum(squared, 0.0))
 
 
-# Each metric, twice: all pairs (``out[i, j]``) and row by row (``out[i]``), on float64 rows.
-_METRICS: dict[str, tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]] = {
-    "cosine": (lambda a, b: _unit(a) @ _unit(b).T, lambda a, b: (_unit(a) * _unit(b)).sum(1)),
-    "dot": (lambda a, b: a @ b.T, lambda a, b: (a * b).sum(1)),
-    "euclidean": (_euclidean_pairs, lambda a, b: -np.linalg.norm(a - b, axis=1)),
-    "manhattan": (_manhattan_pairs, lambda a, b: -np.abs(a - b).sum(1)),
+def _same(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a @ b.T
+
+
+# Each metric, three ways, on float64 rows: how rows are prepared (cosine: to length 1),
+# all pairs of prepared rows (``out[i, j]``), and row by row (``out[i]``).
+_Fn = Callable[..., np.ndarray]
+_METRICS: dict[str, tuple[_Fn, _Fn, _Fn]] = {
+    "cosine": (_unit, _products, lambda a, b: (_unit(a) * _unit(b)).sum(1)),
+    "dot": (_same, _products, lambda a, b: (a * b).sum(1)),
+    "euclidean": (_same, _euclidean_pairs, lambda a, b: -np.linalg.norm(a - b, axis=1)),
+    "manhattan": (_same, _manhattan_pairs, lambda a, b: -np.abs(a - b).sum(1)),
 }
 assert tuple(_METRICS) == METRICS
 
 
-def _metric(name: str) -> tuple[Callable[..., np.ndarray], Callable[..., np.ndarray]]:
+def _metric(name: str) -> tuple[_Fn, _Fn, _Fn]:
     try:
         return _METRICS[name]
     except KeyError:
@@ -76,7 +92,8 @@ def _metric(name: str) -> tuple[Callable[..., np.ndarray], Callable[..., np.ndar
 
 def _scores(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """float64 all-pairs scores of float64 rows."""
-    return _metric(metric)[0](a, b)
+    prepare, pairs, _ = _metric(metric)
+    return pairs(prepare(a), prepare(b))
 
 
 def matrix(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
@@ -86,7 +103,7 @@ def matrix(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
 
 def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """One score per row pair: ``out[i] = metric(a[i], b[i])``."""
-    return _metric(metric)[1](_as_float(a), _as_float(b)).astype(np.float32)
+    return _metric(metric)[2](_as_float(a), _as_float(b)).astype(np.float32)
 
 
 def top_k(
@@ -108,6 +125,9 @@ class TopK:
     Memory is queries × k whatever the corpus size. Ties keep corpus order, so
     results are the same however the corpus was chunked. With ``distinct``, rows whose
     items give the same key (a passage's file) count once: only the best of them is kept.
+
+    Cosine scores are the unit queries' products with the corpus rows, divided by each
+    row's length: the rows themselves are not scaled (a pass over them, and a copy).
     """
 
     def __init__(
@@ -123,21 +143,52 @@ class TopK:
         self.threshold = threshold
         self.distinct = distinct
         self.seen = 0
+        self._prepare, self._pairs, _ = _metric(metric)
+        self._scaled = metric == "cosine"  # the products divided by the rows' lengths
+        # The queries as last prepared (in blocks of _ROW_CHUNK rows): a corpus streams
+        # past the same queries, which are prepared once, not once per chunk.
+        self._queries: tuple[np.ndarray, list[np.ndarray]] | None = None
         self._scores = [np.empty(0, dtype=np.float32) for _ in range(queries)]
         self._indices = [np.empty(0, dtype=np.int64) for _ in range(queries)]
         self._items: dict[int, Any] = {}
 
-    def add(self, queries: np.ndarray, corpus: np.ndarray, items: Sequence[Any]) -> None:
-        """Score one chunk of the corpus (``items`` label its rows) and keep the best."""
+    def add(
+        self,
+        queries: np.ndarray,
+        corpus: np.ndarray,
+        items: Sequence[Any],
+        corpus_lengths: np.ndarray | None = None,
+    ) -> None:
+        """Score one chunk of the corpus (``items`` label its rows) and keep the best.
+
+        ``corpus_lengths``: the rows' :func:`lengths`, when known (else computed here).
+        """
         corpus64 = _as_float(corpus)
+        if self._scaled:
+            if corpus_lengths is None:
+                corpus_lengths = lengths(corpus64)
+            divisor = np.maximum(corpus_lengths, 1e-12)
+        else:
+            corpus64 = self._prepare(corpus64)
         offset, self.seen = self.seen, self.seen + len(corpus)
-        for start in range(0, len(queries), _ROW_CHUNK):
-            block = _as_float(queries[start : start + _ROW_CHUNK])
-            scores = _scores(block, corpus64, self.metric).astype(np.float32)
-            for row, chunk_scores in enumerate(scores, start):
+        for n, block in enumerate(self._prepared(queries)):
+            products = self._pairs(block, corpus64)
+            if self._scaled:
+                products /= divisor
+            scores = products.astype(np.float32)
+            for row, chunk_scores in enumerate(scores, n * _ROW_CHUNK):
                 self._merge(row, chunk_scores, offset, items)
         kept = {int(i) for indices in self._indices for i in indices}
         self._items = {i: self._items[i] if i < offset else items[i - offset] for i in kept}
+
+    def _prepared(self, queries: np.ndarray) -> list[np.ndarray]:
+        if self._queries is None or self._queries[0] is not queries:
+            blocks = [
+                self._prepare(_as_float(queries[start : start + _ROW_CHUNK]))
+                for start in range(0, len(queries), _ROW_CHUNK)
+            ]
+            self._queries = (queries, blocks)
+        return self._queries[1]
 
     def _merge(self, row: int, chunk_scores: np.ndarray, offset: int, items: Sequence[Any]) -> None:
         indices = np.arange(offset, offset + len(chunk_scores))

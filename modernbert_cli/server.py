@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     from modernbert_cli.cache import KeptBlocks
     from modernbert_cli.embedder import Embedder
+    from modernbert_cli.split_cache import StatMemo
 
 # An HTTP body over this is refused (413) unread; MAX_INPUTS texts of a few pages fit.
 MAX_HTTP_BODY_BYTES = 32 << 20
@@ -199,6 +200,7 @@ class Backend:
         self.requests = 0
         self.queue = FairQueue()
         self.kept_blocks: KeptBlocks | None = None  # made by the first search
+        self.memo: StatMemo | None = None  # likewise: files' verdicts and split entries
         self._lock = threading.Lock()
 
     @property
@@ -459,8 +461,13 @@ class Backend:
         cache = caches[0] and EmbeddingCache(
             Path(caches[0]["path"]), caches[0]["max_bytes"], warn=warn
         )
+        with self._lock:
+            if self.kept_blocks is None:
+                self.kept_blocks = KeptBlocks(KEPT_BLOCK_BYTES)
+                self.memo = split_cache.StatMemo()
+        memo = self.memo
         splits = caches[1] and split_cache.SplitCache(
-            Path(caches[1]["path"]), caches[1]["max_bytes"], warn
+            Path(caches[1]["path"]), caches[1]["max_bytes"], warn, memo
         )
         splitter = Splitter.for_files(
             Path(directory),
@@ -471,9 +478,6 @@ class Backend:
             splits or None,
         )
         check_names([absolute for absolute, _ in names], max_line_bytes)
-        with self._lock:
-            if self.kept_blocks is None:
-                self.kept_blocks = KeptBlocks(KEPT_BLOCK_BYTES)
         # The client's paths are walked; passages and skips are named as it names them.
         walking = _Relabel(names)
         options = EncodeOptions()
@@ -491,6 +495,7 @@ class Backend:
                     None,
                     max_line_bytes,
                     kept_files=True,
+                    judge=memo.sniff if memo is not None else None,
                 ),
             )
             first = next(items, None)
@@ -537,9 +542,12 @@ class _Relabel:
     them: ``[absolute, as named]`` pairs, in the order walked."""
 
     def __init__(self, names: list[list[str]]) -> None:
+        from modernbert_cli.passages import KeptFile, Passage
+
         # Each name as pathlib writes it, as the walk's paths and the client's start.
         self.pairs = [(str(Path(absolute)), str(Path(named))) for absolute, named in names]
         self.at = 0  # the name being walked
+        self._kept_file, self._passage = KeptFile, Passage  # imported once, not per file
 
     def names(self) -> Iterator[str]:
         for at, (absolute, _) in enumerate(self.pairs):
@@ -560,19 +568,19 @@ class _Relabel:
 
     def item(self, item: Any, at: int | None = None) -> Any:
         """A Passage or KeptFile (its passages too, when read) under its client name."""
-        from dataclasses import replace
-
-        from modernbert_cli.passages import KeptFile
-
+        KeptFile, Passage = self._kept_file, self._passage
         at = self.at if at is None else at
+        path = self.path(item.path, at)
+        # Made directly, not by dataclasses.replace: a search relabels every file it walks.
         if isinstance(item, KeptFile):
             read = item.read
-            return replace(
-                item,
-                path=self.path(item.path, at),
-                read=lambda: (self.item(passage, at) for passage in read()),
+            return KeptFile(
+                path,
+                item.count,
+                item.block_key,
+                lambda: (Passage(path, p.start, p.end, p.text) for p in read()),
             )
-        return replace(item, path=self.path(item.path, at))
+        return Passage(path, item.start, item.end, item.text)
 
 
 class _Model:

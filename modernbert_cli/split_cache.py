@@ -33,16 +33,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import sys
+import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
+from modernbert_cli import walk
 from modernbert_cli.cache import (
     _BUSY_TIMEOUT_MS,
     _make_private,
@@ -59,6 +63,10 @@ DEFAULT_MAX_BYTES = 512 << 20
 RACY_NS = 2_000_000_000
 # Passages' text per stored chunk: what reading back or cutting a file holds at a time.
 CHUNK_CHARS = 1 << 20
+
+# What a warm server's StatMemo holds: two entries a file (its sniff, its split entry)
+# of about 650 bytes each (measured: 1.3 KB a file), so 16k files in about 21 MB.
+MEMO_ENTRIES = 1 << 15
 
 _SCHEMA_VERSION = 1
 _TOUCH_S = 3600  # last_used is refreshed at most this often: a hit costs no write
@@ -105,9 +113,9 @@ def default_path() -> Path:
     return embeddings_path().parent / CACHE_FILE
 
 
-@dataclass(frozen=True)
-class Stat:
-    """What says a file may have changed, without reading it."""
+class Stat(NamedTuple):
+    """What says a file may have changed, without reading it (a tuple: a warm server
+    compares one per file per search)."""
 
     size: int
     mtime_ns: int
@@ -140,6 +148,75 @@ class Entry:
     digest: bytes | None = None  # the file's content (BLAKE2b), as cut: known without reading
 
 
+class StatMemo:
+    """What reading a file told, remembered under its full :class:`Stat`: a warm server's
+    repeat search neither sniffs an unchanged file nor looks up its entry (a SELECT each).
+
+    Trusted as git trusts its index: never for a file whose mtime was racy when it was
+    looked at (it may change again with no field of its stat changing). Only what the
+    file alone decides is kept: whether it is text, and its split cache entry; what
+    .gitignore files say is read afresh by every walk. Bounded: past ``max_entries`` the
+    least recently used go. Shared by a server's requests (thread-safe).
+    """
+
+    def __init__(self, max_entries: int = MEMO_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._held: OrderedDict[Hashable, tuple[Stat, float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def get(self, key: Hashable, stat: Stat) -> Any:
+        """What was put under ``key`` for a file of this very ``stat`` (not expired), or None."""
+        with self._lock:
+            found = self._held.get(key)
+            if found is None:
+                return None
+            held, until, value = found
+            if held != stat or (until != math.inf and until < time.time()):
+                del self._held[key]
+                return None
+            self._held.move_to_end(key)
+            return value
+
+    def put(
+        self, key: Hashable, stat: Stat, value: Any, checked_ns: int, until: float = math.inf
+    ) -> None:
+        """Remember ``value`` (not None) of a file whose ``stat`` was taken at ``checked_ns``,
+        until the time ``until``: not at all if that stat was racy."""
+        if stat.racy(checked_ns):
+            return
+        with self._lock:
+            self._held[key] = (stat, until, value)
+            self._held.move_to_end(key)
+            while len(self._held) > self.max_entries:
+                self._held.popitem(last=False)
+
+    def forget(self, value: Any) -> None:
+        """Drop whatever was remembered as ``value`` (this very object)."""
+        with self._lock:
+            for key in [k for k, (_, _, v) in self._held.items() if v is value]:
+                del self._held[key]
+
+    def sniff(self, path: str) -> str | None:
+        """:func:`modernbert_cli.walk.sniff` of ``path``, remembered under its stat."""
+        checked = time.time_ns()
+        try:
+            stat = Stat.of(os.stat(path))
+        except OSError:
+            return walk.sniff(path)
+        key = ("sniff", path)
+        found = self.get(key, stat)
+        if found is not None:
+            return found or None  # "": text
+        reason = walk.sniff(path)
+        # An unreadable file may be readable next time with its stat unchanged.
+        if reason in (None, walk.BINARY, walk.NOT_UTF8, walk.EMPTY):
+            self.put(key, stat, reason or "", checked)
+        return reason
+
+
 class Damaged(Exception):
     """An entry could not be read back whole: its file is to be cut afresh."""
 
@@ -152,9 +229,12 @@ class SplitCache:
         path: Path | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         warn: Callable[[str], None] | None = None,
+        memo: StatMemo | None = None,
     ) -> None:
         self.path = path or default_path()
         self.max_bytes = max_bytes
+        self.memo = memo  # a warm server's: entries found before, under their file's stat
+        self._where = str(self.path)  # in the memo's keys
         self._warn = warn or (lambda message: print(message, file=sys.stderr))
         self._db: sqlite3.Connection | None = None
         self._touched: list[int] = []
@@ -184,8 +264,9 @@ class SplitCache:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"unknown passage cache format {version}")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            if version != _SCHEMA_VERSION:  # else made already: opening it writes nothing
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except BaseException:
             db.close()
             raise
@@ -230,12 +311,16 @@ class SplitCache:
             now = Stat.of(os.stat(path))
         except OSError:
             return None
+        where = os.path.abspath(path)
+        remembered = ("split", self._where, key, where)
+        if self.memo is not None and (found := self.memo.get(remembered, now)) is not None:
+            return found  # type: ignore[no-any-return]
         try:
             row = db.execute(
                 "SELECT id, size, mtime_ns, ctime_ns, inode, device, digest, racy, passages, "
                 "chunks, last_used FROM files WHERE key = ? AND path = ? AND complete = 1 "
                 "ORDER BY id DESC LIMIT 1",
-                (key, os.path.abspath(path)),
+                (key, where),
             ).fetchone()
             if row is None:
                 return None
@@ -244,19 +329,26 @@ class SplitCache:
                 if now.size != stat[0] or digest is None or file_digest(path) != digest:
                     return None
                 # The same bytes: remember the file as it is now, and whether still racy.
+                last_used = int(time.time())
                 db.execute(
                     "UPDATE files SET size = ?, mtime_ns = ?, ctime_ns = ?, inode = ?, "
                     "device = ?, racy = ?, last_used = ? WHERE id = ?",
-                    (*_fields(now), int(now.racy(checked)), int(time.time()), entry_id),
+                    (*_fields(now), int(now.racy(checked)), last_used, entry_id),
                 )
             elif last_used < time.time() - _TOUCH_S:
                 self._touch(entry_id)
+                last_used = int(time.time())
         except OSError:  # the file went or cannot be read now: it is cut (or fails) as usual
             return None
         except sqlite3.Error as error:
             self._fail(error)
             return None
-        return Entry(entry_id, passages, chunks, digest)
+        entry = Entry(entry_id, passages, chunks, digest)
+        if self.memo is not None:
+            # Found without a SELECT until its row is due to be touched again, so that the
+            # size bound still sees it used.
+            self.memo.put(remembered, now, entry, checked, until=last_used + _TOUCH_S)
+        return entry
 
     def read(self, entry: Entry) -> Iterator[Item]:
         """The passages of ``entry``, a chunk at a time; :class:`Damaged` if they cannot be."""
@@ -292,6 +384,8 @@ class SplitCache:
 
     def _damaged(self, entry: Entry, problem: str) -> Damaged:
         """Drop an entry that cannot be read back (a warning, once per run): the error to raise."""
+        if self.memo is not None:
+            self.memo.forget(entry)
         db = self._connect()
         gone = False
         if db is not None:

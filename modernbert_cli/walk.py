@@ -58,17 +58,22 @@ class _Rules:
     spec: object  # pathspec.GitIgnoreSpec
 
 
-def walk(root: Path, on_skip: OnSkip | None = None) -> Iterator[Path]:
+Judge = Callable[[str], str | None]  # why a file is no text file, or None
+
+
+def walk(root: Path, on_skip: OnSkip | None = None, judge: Judge | None = None) -> Iterator[Path]:
     """Every text file under ``root``, in sorted order, depth first; skips go to ``on_skip``.
 
     ``root`` itself is searched even when it is hidden or ignored (as ripgrep does
-    with a folder named on its command line); what is below it is filtered.
+    with a folder named on its command line); what is below it is filtered. ``judge``
+    says why a file (its absolute path) is no text file, as :func:`sniff` does (the
+    default): a warm server remembers its verdicts.
     """
     skip = on_skip or (lambda skipped: None)
     top = Path(os.path.abspath(root))
     repo = git_work_tree(top)
     rules = _inherited_rules(repo, top) if repo is not None else None
-    yield from _walk(top, root, rules, skip)
+    yield from _walk(top, root, rules, skip, judge or sniff)
 
 
 def git_work_tree(folder: Path) -> Path | None:
@@ -79,7 +84,9 @@ def git_work_tree(folder: Path) -> Path | None:
     return None
 
 
-def _walk(folder: Path, shown: Path, rules: list[_Rules] | None, skip: OnSkip) -> Iterator[Path]:
+def _walk(
+    folder: Path, shown: Path, rules: list[_Rules] | None, skip: OnSkip, judge: Judge
+) -> Iterator[Path]:
     """``folder`` is absolute (for matching); ``shown`` is the path as the user wrote it."""
     if (rules is None or folder != rules[0].base) and (folder / ".git").exists():
         # A repository's own rules only: git applies no outer .gitignore inside a nested one,
@@ -97,7 +104,9 @@ def _walk(folder: Path, shown: Path, rules: list[_Rules] | None, skip: OnSkip) -
         return
     subfolders = []
     for entry in entries:
-        path, where = folder / entry.name, shown / entry.name
+        # The absolute path as a string (scandir's): a Path only where one is needed, as
+        # a warm server walks every file of a folder on every search.
+        path, where = entry.path, shown / entry.name
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
             is_file = entry.is_file(follow_symlinks=False)
@@ -107,29 +116,29 @@ def _walk(folder: Path, shown: Path, rules: list[_Rules] | None, skip: OnSkip) -
             continue
         if entry.name.startswith("."):
             skip(Skipped(where, HIDDEN, folder=is_dir))
-        elif rules is not None and _ignored(rules, path, is_dir):
+        elif rules is not None and _ignored(rules, Path(path), is_dir):
             skip(Skipped(where, IGNORED, folder=is_dir))
         elif is_link:
             # ripgrep follows no symbolic link unless told (-L): a link can loop or leave the tree.
             skip(Skipped(where, SYMLINK))
         elif is_dir:
-            subfolders.append((path, where))
+            subfolders.append((Path(path), where))
         elif not is_file:
             skip(Skipped(where, SPECIAL))
         else:
-            reason = sniff(path)
+            reason = judge(path)
             if reason is None:
                 yield where
             else:
                 skip(Skipped(where, reason))
     for path, where in subfolders:
-        yield from _walk(path, where, rules, skip)
+        yield from _walk(path, where, rules, skip, judge)
 
 
-def sniff(path: Path) -> str | None:
+def sniff(path: str | Path) -> str | None:
     """Why ``path`` is no text file (binary, not UTF-8, empty, unreadable), from 8 KiB; or None."""
     try:
-        with path.open("rb") as stream:
+        with open(path, "rb") as stream:
             head = stream.read(SNIFF_BYTES)
     except OSError as error:
         return f"{UNREADABLE} ({error.strerror or error})"

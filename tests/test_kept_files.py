@@ -12,10 +12,13 @@ import random
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import forbid_model_loading
 
-from modernbert_cli.cache import EmbeddingCache, default_path
+from modernbert_cli import embedder
+from modernbert_cli.cache import EmbeddingCache, KeptBlocks, default_path
+from modernbert_cli.scoring import TopK, lengths
 from modernbert_cli.split_cache import SplitCache
 
 FILLER = [
@@ -91,6 +94,37 @@ def test_several_queries_rank_alike_from_kept_rows(cli, tmp_path, tiny_model, mo
     monkeypatch.setattr(EmbeddingCache, "block", lambda self, fingerprint, key: None)
     rows = cli(*args)
     assert first.stdout == again.stdout == rows.stdout
+
+
+def test_kept_files_side_by_side_are_scored_as_one_matrix(cli, tmp_path, tiny_model, monkeypatch):
+    """A repeat over many files makes one product for all their rows, not one per file."""
+    root = folder(tmp_path, files=12, lines=20)
+    first = search(cli, root, tiny_model, "-k", "5")
+    added: list[int] = []
+    original_add = TopK.add
+
+    def counting_add(self, queries, corpus, items, *rest):
+        added.append(len(corpus))
+        return original_add(self, queries, corpus, items, *rest)
+
+    monkeypatch.setattr(TopK, "add", counting_add)
+    assert search(cli, root, tiny_model, "-k", "5") == first
+    assert len(added) == 1 and added[0] > 12  # the twelve files' rows at once
+    added.clear()
+    monkeypatch.setattr(embedder, "KEPT_ROWS", 100)  # the rows in products of ~100
+    assert search(cli, root, tiny_model, "-k", "5") == first
+    assert 1 < len(added) < 12 and all(n >= 100 for n in added[:-1])
+
+
+def test_blocks_held_in_memory_keep_their_lengths_within_the_bound():
+    held = KeptBlocks(max_bytes=3 * (10 * 4 * 4 + 10 * 8))  # three blocks of 10 rows × 4
+    rng = np.random.default_rng(0)
+    for n in range(5):
+        vectors = rng.standard_normal((10, 4), dtype=np.float32)
+        kept = held.put(("model", bytes([n])), (vectors, 0))
+        assert np.array_equal(kept.lengths, lengths(vectors))
+    assert held.size == held.max_bytes  # the lengths counted too
+    assert held.get(("model", bytes([1]))) is None and held.get(("model", bytes([4])))
 
 
 def test_a_repeat_reads_only_the_files_with_hits_and_no_passage_rows(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLES, assert_error, forbid_model_loading
 
+from modernbert_cli import walk as walk_module
 from modernbert_cli.errors import InputError, ModelError, UsageError
 from modernbert_cli.passages import (
     DEFAULT_OVERLAP,
@@ -504,7 +505,7 @@ def test_binary_sniffing_reads_only_a_prefix(tmp_path: Path, monkeypatch: pytest
         out.write(b"\x00" * 16)
         out.truncate(64 << 20)
     sizes: list[int] = []
-    real_open = Path.open
+    real_open = open
 
     class Spy:
         def __init__(self, stream):
@@ -520,7 +521,7 @@ def test_binary_sniffing_reads_only_a_prefix(tmp_path: Path, monkeypatch: pytest
         def __exit__(self, *exc):
             self.stream.close()
 
-    monkeypatch.setattr(Path, "open", lambda self, *a, **k: Spy(real_open(self, *a, **k)))
+    monkeypatch.setattr(walk_module, "open", lambda *a, **k: Spy(real_open(*a, **k)), raising=False)
     found, skipped = _walked(tmp_path)
     assert (found, skipped) == ([], {"big.bin": BINARY})
     assert sizes == [8192]

@@ -524,6 +524,45 @@ def test_a_repeat_search_reads_no_kept_row_and_an_edit_is_read_afresh(
     assert running.backend.kept_blocks.size > 0
 
 
+def test_a_repeat_search_neither_sniffs_nor_looks_up_an_unchanged_file(
+    cli, start_server, tiny_model, monkeypatch, tmp_path
+):
+    """The server remembers each file's sniff and split entry under its stat, and the kept
+    rows' lengths: a repeat search reads no file's head, asks the split cache nothing for
+    them and scales no row; an edit is seen."""
+    from modernbert_cli import scoring, split_cache, walk
+
+    monkeypatch.setattr(split_cache, "RACY_NS", 0)  # the files count as settled
+    folder = notes_folder(tmp_path)
+    args = ["similar", "a kitten", "--passages", "-i", str(folder), "-m", tiny_model,
+            "--device", "cpu", "-f", "jsonl", "--passage-tokens", "16", "-v"]  # fmt: skip
+    start_server(encoder=served_as_serve_does(tiny_model))
+    first = cli(*args)
+    alone = cli(*args, "--no-server")
+    assert (first.stdout_bytes, first.stderr) == (alone.stdout_bytes, alone.stderr)
+    assert cli(*args).stdout_bytes == first.stdout_bytes  # the files' entries remembered
+    statements: list[str] = []
+    old_open = split_cache.SplitCache._open
+
+    def noting_open(self):
+        db = old_open(self)
+        db.set_trace_callback(statements.append)
+        return db
+
+    with monkeypatch.context() as patch:
+        patch.setattr(walk, "sniff", lambda path: pytest.fail(f"{path} was sniffed"))
+        patch.setattr(split_cache.SplitCache, "_open", noting_open)
+        # The kept rows' lengths are held with them: cosine scoring computes none.
+        patch.setattr(scoring, "lengths", lambda rows: pytest.fail("lengths computed"))
+        again = cli(*args)
+    assert (again.stdout_bytes, again.stderr) == (first.stdout_bytes, first.stderr)
+    # Only the passages of the files that hold a hit are read; no file is looked up.
+    assert statements and not any("FROM files" in s for s in statements)
+    (folder / "1.txt").write_text("a kitten sleeps on a rug\n")
+    edited = cli(*args)
+    assert edited.stdout_bytes == cli(*args, "--no-server").stdout_bytes != first.stdout_bytes
+
+
 def test_a_search_with_much_to_embed_is_handed_back_to_the_client(
     cli, start_server, tiny_model, monkeypatch, tmp_path
 ):

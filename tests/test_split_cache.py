@@ -8,12 +8,13 @@ import json
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
 from conftest import forbid_model_loading
 
-from modernbert_cli import passages, split_cache
+from modernbert_cli import passages, split_cache, walk
 from modernbert_cli.passages import Passage, Splitter, Tokens
 from modernbert_cli.split_cache import SplitCache
 
@@ -280,6 +281,190 @@ def test_the_file_stays_within_its_bound(tmp_path, store, old_files):
     assert size <= bound
     assert 0 < len(kept) < len(files)
     assert kept == [path.name for path in files[-len(kept) :]]  # the least recently used went
+
+
+# A warm server's memo -----------------------------------------------------------------
+
+
+class Served:
+    """Searches as a warm server runs them: one StatMemo for all, a SplitCache per request;
+    what each search sniffed and asked the split cache file is noted."""
+
+    def __init__(self, store: Path, monkeypatch: pytest.MonkeyPatch, max_entries: int = 1000):
+        self.store = store
+        self.memo = split_cache.StatMemo(max_entries)
+        self.sniffed: list[str] = []
+        self.selects: list[str] = []
+        sniff, open_db = walk.sniff, SplitCache._open
+
+        def noting_sniff(path: str):
+            self.sniffed.append(os.path.basename(path))
+            return sniff(path)
+
+        def noting_open(cache: SplitCache):
+            db = open_db(cache)
+            db.set_trace_callback(
+                lambda statement: (
+                    self.selects.append(statement)
+                    if statement.startswith("SELECT id, size")
+                    else None
+                )
+            )
+            return db
+
+        monkeypatch.setattr(walk, "sniff", noting_sniff)
+        monkeypatch.setattr(SplitCache, "_open", noting_open)
+
+    def search(self, *names: Path) -> tuple[list, list[str]]:
+        """(the files and passages found, the skips) of one search; the notes cleared first."""
+        self.sniffed.clear()
+        self.selects.clear()
+        skipped: list[str] = []
+        run = splitter(SplitCache(self.store, memo=self.memo), Spy())
+        found = list(
+            run.passages(
+                names, lambda s: skipped.append(str(s)), kept_files=True, judge=self.memo.sniff
+            )
+        )
+        return found, skipped
+
+
+def alone(store: Path, *names: Path) -> tuple[list, list[str]]:
+    """The same search with no memo (a process of its own)."""
+    skipped: list[str] = []
+    run = splitter(SplitCache(store), Spy())
+    return list(run.passages(names, lambda s: skipped.append(str(s)), kept_files=True)), skipped
+
+
+def read_all(found: list) -> list[Passage]:
+    return [p for item in found for p in (item.passages() if hasattr(item, "read") else [item])]
+
+
+def test_a_repeat_search_neither_sniffs_nor_looks_up_an_unchanged_file(
+    tmp_path, store, old_files, monkeypatch
+):
+    for name in "abc":
+        (tmp_path / f"{name}.txt").write_text(document(30, tag=name))
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01" * 50)
+    served = Served(store, monkeypatch)
+    first = served.search(tmp_path)  # cut and kept
+    assert sorted(served.sniffed) == ["a.txt", "b.txt", "blob.bin", "c.txt"]
+    assert served.search(tmp_path) == first  # each entry looked up once more, remembered
+    assert served.sniffed == [] and len(served.selects) == 3
+    again = served.search(tmp_path)
+    assert served.sniffed == [] and served.selects == []  # all from the memo
+    assert again == first == alone(store, tmp_path)
+    assert f"{tmp_path / 'blob.bin'}: binary" in again[1]
+    assert read_all(again[0]) == cut(splitter(None, Spy()), tmp_path)  # entries still read
+
+
+def test_a_file_edited_to_the_same_size_is_found_again(tmp_path, store, old_files, monkeypatch):
+    """A new mtime (or ctime, inode…) is a new file to the memo: sniffed and looked up anew,
+    whether its text changed or it became binary."""
+    for name in "abc":
+        (tmp_path / f"{name}.txt").write_text(document(30, tag=name))
+    served = Served(store, monkeypatch)
+    served.search(tmp_path)
+    served.search(tmp_path)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(document(30, tag="a").replace("cat", "dog"))  # the same size
+    b.write_bytes(b"\x00" + b.read_bytes()[1:])  # binary now, the same size
+    for path in (a, b):
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    found, skipped = served.search(tmp_path)
+    assert sorted(served.sniffed) == ["a.txt", "b.txt"] and len(served.selects) == 1  # a's
+    assert (found, skipped) == alone(store, tmp_path)
+    assert f"{b}: binary" in skipped
+    assert any("dog" in p.text for p in read_all(found))
+
+
+def test_a_file_with_a_racy_mtime_is_not_remembered(tmp_path, store, monkeypatch):
+    """Written just now, a file may change again with its stat unchanged: it goes the normal
+    way, sniffed and looked up on every search, until it is older."""
+    (tmp_path / "a.txt").write_text(document(30))
+    served = Served(store, monkeypatch)
+    served.search(tmp_path)
+    found = served.search(tmp_path)
+    assert served.sniffed == ["a.txt"] and len(served.selects) == 1
+    assert len(served.memo) == 0 and found == alone(store, tmp_path)
+    monkeypatch.setattr(split_cache, "RACY_NS", 0)  # two seconds later
+    served.search(tmp_path)
+    served.search(tmp_path)
+    assert served.sniffed == [] and served.selects == [] and len(served.memo) == 2
+
+
+def test_files_deleted_and_added_between_searches(tmp_path, store, old_files, monkeypatch):
+    for name in "abc":
+        (tmp_path / f"{name}.txt").write_text(document(30, tag=name))
+    served = Served(store, monkeypatch)
+    served.search(tmp_path)
+    served.search(tmp_path)
+    (tmp_path / "b.txt").unlink()
+    (tmp_path / "d.txt").write_text(document(30, tag="d"))
+    found, skipped = served.search(tmp_path)
+    assert served.sniffed == ["d.txt"] and len(served.selects) == 1  # d's
+    assert [Path(item.path).name for item in found] == ["a.txt", "c.txt", "d.txt"]
+    assert (found, skipped) == alone(store, tmp_path)
+
+
+def test_a_gitignore_changed_between_searches_is_obeyed(tmp_path, store, old_files, monkeypatch):
+    """The memo keeps only what a file alone decides: .gitignore rules are read by every walk."""
+    (tmp_path / ".git").mkdir()
+    for name in "abc":
+        (tmp_path / f"{name}.txt").write_text(document(30, tag=name))
+    served = Served(store, monkeypatch)
+    served.search(tmp_path)
+    (tmp_path / ".gitignore").write_text("b.txt\n")
+    found, skipped = served.search(tmp_path)
+    assert [Path(item.path).name for item in found] == ["a.txt", "c.txt"]
+    assert f"{tmp_path / 'b.txt'}: ignored by .gitignore" in skipped
+    (tmp_path / ".gitignore").write_text("a.txt\n")
+    found, skipped = served.search(tmp_path)
+    assert [Path(item.path).name for item in found] == ["b.txt", "c.txt"]
+    assert (found, skipped) == alone(store, tmp_path)
+
+
+def test_the_memo_is_bounded(tmp_path, store, old_files, monkeypatch):
+    """Past its bound the least recently used files go; a file let go is looked up again."""
+    for n in range(10):
+        (tmp_path / f"{n}.txt").write_text(document(10, tag=str(n)))
+    served = Served(store, monkeypatch, max_entries=6)  # 3 files: a verdict and an entry each
+    served.search(tmp_path)
+    assert len(served.memo) == 6
+    found = served.search(tmp_path)
+    assert len(served.sniffed) == 10  # each let go before the walk came back to it
+    assert len(served.memo) == 6 and found == alone(store, tmp_path)
+    assert split_cache.MEMO_ENTRIES * 1024 <= 32 << 20  # at most 32 MB, at 1 KB an entry
+
+
+def test_a_remembered_entry_is_looked_up_again_when_due_for_a_touch(
+    tmp_path, store, old_files, monkeypatch
+):
+    """The size bound drops least recently used entries: a remembered one is looked up (and
+    its last use written) once an hour, as without a memo."""
+    (tmp_path / "a.txt").write_text(document(30))
+    served = Served(store, monkeypatch)
+    for _ in range(3):  # cut, looked up, remembered
+        served.search(tmp_path)
+    assert served.selects == []
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + split_cache._TOUCH_S + 60)
+    served.search(tmp_path)
+    assert len(served.selects) == 1
+
+
+def test_a_remembered_entry_gone_from_the_file_is_cut_afresh(
+    tmp_path, store, old_files, monkeypatch
+):
+    (tmp_path / "a.txt").write_text(document(30))
+    served = Served(store, monkeypatch)
+    served.search(tmp_path)
+    found, _ = served.search(tmp_path)
+    split_cache.clear(store)  # `cache clear` while the server runs
+    plain = cut(splitter(None, Spy()), tmp_path)
+    assert read_all(found) == plain  # cut afresh
+    found, _ = served.search(tmp_path)
+    assert read_all(found) == plain and len(served.selects) == 1  # forgotten, looked up
 
 
 # Through the command line -------------------------------------------------------------
