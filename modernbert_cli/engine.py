@@ -40,7 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 from modernbert_cli import attention
 from modernbert_cli.errors import SettingError
-from modernbert_cli.settings import CPU_BATCH_TOKENS, DTYPES, GPU_BATCH_TOKENS
+from modernbert_cli.settings import (
+    CPU_BATCH_TOKENS,
+    CPU_INT8_BATCH_TOKENS,
+    DTYPES,
+    GPU_BATCH_TOKENS,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,7 +68,7 @@ COMPILE_MIN_TEXTS = 20000
 class EngineOptions:
     """How to run the model; none of these change the numbers beyond float rounding."""
 
-    max_batch_tokens: int | None = None  # None: CPU_BATCH_TOKENS or GPU_BATCH_TOKENS
+    max_batch_tokens: int | None = None  # None: the CPU's, CPU int8's or the GPU's default
     max_batch_size: int | None = None  # cap on texts per batch (None: the budget decides)
     # Padding a text may get in a batch (None: CPU_MAX_PADDING on a CPU, no bound on a GPU).
     max_padding: int | None = None
@@ -112,9 +117,12 @@ class Engine:
         if options.quantize == "int8" and any(d.type != "cpu" for d in self.devices):
             raise SettingError("quantize", "runs on the CPU only (use {dtype} on a GPU)", "int8")
         self.dtype = _pick_dtype(options.dtype, self.devices[0])
-        self.budget = options.max_batch_tokens or (
-            GPU_BATCH_TOKENS if self.on_gpu else CPU_BATCH_TOKENS
-        )
+        if options.max_batch_tokens:
+            self.budget = options.max_batch_tokens
+        elif self.on_gpu:
+            self.budget = GPU_BATCH_TOKENS
+        else:
+            self.budget = CPU_INT8_BATCH_TOKENS if options.quantize == "int8" else CPU_BATCH_TOKENS
         model.eval()
         self.windowed = attention.install(model)
         if self.dtype is not torch.float32:

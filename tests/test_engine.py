@@ -65,6 +65,9 @@ class StubModel:
     def modules(self) -> list:
         return []
 
+    def named_modules(self) -> list:
+        return []
+
     def to(self, *args, **kwargs) -> StubModel:
         return self
 
@@ -207,6 +210,12 @@ def test_plan_properties_on_random_inputs():
 def test_default_budgets():
     assert Engine(StubModel(), ["cpu"]).budget == engine_module.CPU_BATCH_TOKENS
     assert Engine(StubModel(), ["cuda"]).budget == engine_module.GPU_BATCH_TOKENS
+    int8 = Engine(StubModel(), ["cpu"], EngineOptions(quantize="int8"))
+    assert int8.budget == engine_module.CPU_INT8_BATCH_TOKENS < engine_module.CPU_BATCH_TOKENS
+    assert (
+        Engine(StubModel(), ["cpu"], EngineOptions(quantize="int8", max_batch_tokens=99)).budget
+        == 99
+    )
     assert stub_engine(300).budget == 300
 
 
