@@ -195,6 +195,13 @@ class TopK:
         if self.threshold is not None:
             keep = chunk_scores >= self.threshold
             chunk_scores, indices = chunk_scores[keep], indices[keep]
+        if self.k is not None and self.distinct is None and len(chunk_scores) > self.k:
+            # Only a chunk score at least its k-th best can be among the best: the others
+            # need no sorting (ties with it are all kept, so corpus order still decides).
+            floor = np.partition(chunk_scores, len(chunk_scores) - self.k)[-self.k]
+            if not np.isnan(floor):  # NaN sorts last: then every score is sorted
+                keep = chunk_scores >= floor
+                chunk_scores, indices = chunk_scores[keep], indices[keep]
         scores = np.concatenate([self._scores[row], chunk_scores])
         indices = np.concatenate([self._indices[row], indices])
         order = np.lexsort((indices, -scores))  # best score first, then corpus order

@@ -792,6 +792,29 @@ def test_distinct_top_k_does_not_depend_on_chunking():
         assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
 
 
+def test_top_k_with_ties_at_the_cut_does_not_depend_on_chunking():
+    """Each chunk's scores below its k-th best are dropped before sorting; ties with the
+    k-th are all kept, so the earliest rows of a tie win however the corpus is cut."""
+    import numpy as np
+
+    from modernbert_cli.scoring import TopK
+
+    rng = np.random.default_rng(1)
+    rows = rng.standard_normal((6, 8))
+    corpus = rows[rng.integers(0, 6, size=60)]  # every score tied with several others
+    queries = rng.standard_normal((2, 8))
+
+    def ranked(chunk: int, k: int | None) -> list[list[tuple[int, float]]]:
+        best = TopK(2, "cosine", k=k)
+        for start in range(0, 60, chunk):
+            best.add(queries, corpus[start : start + chunk], list(range(start, start + chunk)))
+        return [[(h.index, h.score) for h in hits] for hits in best.results()]
+
+    for k in (1, 4, 13):
+        everything = [hits[:k] for hits in ranked(60, None)]  # one sort of all: the reference
+        assert ranked(60, k) == ranked(7, k) == ranked(1, k) == everything
+
+
 def test_a_line_over_max_line_bytes_is_an_error(cli, no_model, tiny_model, tmp_path):
     doc = tmp_path / "doc.txt"
     doc.write_text("short\n" + "x" * 100 + "\nshort\n")
