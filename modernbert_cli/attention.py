@@ -20,11 +20,6 @@ releases NaN, which would reach real tokens through the next global layer's
 ``weights @ values``. Pooling ignores padding positions, so what they hold does not
 change the embeddings.
 
-The rotary position embedding is applied in three passes where transformers takes
-seven (``rotate_half`` builds ``cat(-x2, x1)``, then two products and a sum, each a
-fresh tensor laid out as the query happens to be): the same numbers within a rounding,
-2.8% of the int8 engine's time on short texts, one thread.
-
 >>> install(sentence_transformer)  # doctest: +SKIP
 True
 """
@@ -63,7 +58,6 @@ def install(model: Any) -> bool:
                 return False
             _register()
             module.set_attn_implementation(NAME)
-            _install_rotary(modeling)
             return True
     return False
 
@@ -74,45 +68,6 @@ def _register() -> None:
 
     AttentionInterface.register(NAME, windowed_attention)
     AttentionMaskInterface.register(NAME, layer_mask)
-
-
-def _install_rotary(modeling: Any) -> None:
-    """Replace ``modeling.apply_rotary_pos_emb`` by :func:`rotary` (float32 only).
-
-    transformers' function stays in charge of every other precision: it rotates bf16 and
-    fp16 in float32 and rounds back, which :func:`rotary` does not.
-    """
-    import torch
-
-    original = modeling.apply_rotary_pos_emb
-    if getattr(original, "modernbert_cli", False):
-        return  # installed already
-
-    def rotary(q: Any, k: Any, cos: Any, sin: Any, unsqueeze_dim: int = 1) -> tuple[Any, Any]:
-        if q.shape[-1] % 2 or any(t.dtype != torch.float32 for t in (q, k, cos, sin)):
-            return original(q, k, cos, sin, unsqueeze_dim)
-        cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-        return rotate(q, cos, sin), rotate(k, cos, sin)
-
-    rotary.modernbert_cli = True  # type: ignore[attr-defined]
-    rotary.__wrapped__ = original  # type: ignore[attr-defined]
-    modeling.apply_rotary_pos_emb = rotary
-
-
-def rotate(x: Any, cos: Any, sin: Any) -> Any:
-    """``x * cos + rotate_half(x) * sin``, in one new tensor (contiguous) and three passes.
-
-    With ``x = [x1, x2]`` (halves of the last dimension), ``rotate_half(x) = [-x2, x1]``,
-    so the result is ``[x1·cos1 - x2·sin1, x2·cos2 + x1·sin2]``.
-    """
-    import torch
-
-    half = x.shape[-1] // 2
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    torch.mul(x, cos, out=out)
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
-    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
-    return out
 
 
 def layer_mask(

@@ -7,7 +7,6 @@ whole model against sentence-transformers' own ``encode`` (stock attention) to 1
 
 from __future__ import annotations
 
-import importlib
 import math
 from types import SimpleNamespace
 
@@ -149,10 +148,6 @@ def test_model_numbers_equal_stock_attention(monkeypatch, long_tiny_model, block
     """Texts of 1,500 to 3 tokens, alone and padded together, on the blocked path."""
     monkeypatch.setattr(attention, "BLOCK", block)
     stock = load(long_tiny_model)
-    modeling = importlib.import_module(type(stock[0].auto_model).__module__)
-    original = getattr(modeling.apply_rotary_pos_emb, "__wrapped__", None)
-    # transformers' own rotary embedding too, whether or not an engine installed ours.
-    monkeypatch.setattr(modeling, "apply_rotary_pos_emb", original or modeling.apply_rotary_pos_emb)
     texts = long_texts()
     lengths = [len(ids) for ids in stock.tokenizer(texts)["input_ids"]]
     assert max(lengths) > attention.BLOCKED_MIN_TOKENS > sorted(lengths)[-2] > 2 * 64
@@ -161,7 +156,6 @@ def test_model_numbers_equal_stock_attention(monkeypatch, long_tiny_model, block
     together = EngineOptions(max_batch_tokens=8192, max_padding=8192)
     engine = Engine(load(long_tiny_model), ["cpu"], together)
     assert engine.windowed
-    assert modeling.apply_rotary_pos_emb.__name__ == "rotary"
     alone = Engine(load(long_tiny_model), ["cpu"], EngineOptions(max_batch_size=1))
 
     padded_together = engine.encode(texts)
@@ -260,48 +254,3 @@ def test_global_and_long_local_layers_get_the_padding_mask(monkeypatch):
     assert attention.layer_mask(real, local_size=RADIUS, q_length=12, device="cpu") is real
     everything = torch.ones(2, 12, dtype=torch.bool)
     assert attention.layer_mask(everything, local_size=RADIUS, q_length=12) is None
-
-
-def stock_rotary(x, cos, sin):
-    """transformers' ``x * cos + rotate_half(x) * sin``, written out."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def test_rotary_equals_transformers_on_the_attention_layout():
-    """Queries and keys as ModernBERT makes them: views of one qkv tensor, B×H×N×d."""
-    generator = torch.Generator().manual_seed(3)
-    qkv = torch.randn(2, 7, 3, 4, 16, generator=generator)  # B×N×3×H×d
-    query, key, _ = (t.transpose(1, 2) for t in qkv.unbind(dim=-3))
-    angles = torch.randn(2, 7, 16, generator=generator)
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
-
-    for x in (query, key):
-        rotated = attention.rotate(x, cos, sin)
-        assert rotated.is_contiguous()
-        assert_allclose(rotated.numpy(), stock_rotary(x, cos, sin).numpy(), atol=1e-6, rtol=0)
-
-
-def test_installed_rotary_leaves_other_precisions_to_transformers(long_tiny_model, monkeypatch):
-    model = load(long_tiny_model)
-    modeling = importlib.import_module(type(model[0].auto_model).__module__)
-    calls = []
-
-    def original(q, k, cos, sin, unsqueeze_dim=1):
-        calls.append(q.dtype)
-        return q, k
-
-    monkeypatch.setattr(modeling, "apply_rotary_pos_emb", original)
-    attention.install(model)
-    attention.install(model)  # once is enough: not wrapped twice
-    installed = modeling.apply_rotary_pos_emb
-    assert installed.__wrapped__ is original
-
-    x = torch.randn(1, 2, 3, 8)
-    angles = torch.randn(1, 3, 8)
-    for dtype in (torch.bfloat16, torch.float16):
-        installed(x.to(dtype), x.to(dtype), angles.cos().to(dtype), angles.sin().to(dtype))
-    q, _ = installed(x, x, angles.cos(), angles.sin())
-    assert calls == [torch.bfloat16, torch.float16]
-    expected = stock_rotary(x, angles.cos()[:, None], angles.sin()[:, None])
-    assert_allclose(q.numpy(), expected.numpy(), atol=1e-6, rtol=0)
