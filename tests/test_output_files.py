@@ -246,6 +246,7 @@ def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path, tiny_model):
 def test_the_sigterm_handler_is_there_only_while_a_file_is_written(tmp_path):
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         pytest.skip("something in this test run handles SIGTERM already")
+    hangup = signal.getsignal(signal.SIGHUP)  # SIG_IGN under nohup: given back as it was
     with render.open_output(str(tmp_path / "a.txt")) as stream:
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         assert signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL
@@ -254,7 +255,7 @@ def test_the_sigterm_handler_is_there_only_while_a_file_is_written(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # a still open
         stream.write("a")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) is hangup
 
 
 def test_a_handler_set_by_the_caller_stays_theirs(tmp_path):
