@@ -163,9 +163,6 @@ class StatMemo:
         self.max_entries = max_entries
         self._held: OrderedDict[Hashable, tuple[Stat, float, Any]] = OrderedDict()
         self._lock = threading.Lock()
-        # The stat :meth:`sniff` took last, on this thread: the walk's next step looks up
-        # the same file's entry (:meth:`SplitCache.find`), which needs no second one.
-        self._taken = threading.local()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -202,16 +199,6 @@ class StatMemo:
             for key in [k for k, (_, _, v) in self._held.items() if v is value]:
                 del self._held[key]
 
-    def stat(self, path: str) -> tuple[Stat, int]:
-        """``path``'s :class:`Stat` and when it was taken (ns): the one :meth:`sniff` just
-        took of it on this thread, once, or a new one."""
-        last = getattr(self._taken, "last", None)
-        if last is not None and last[0] == path:
-            self._taken.last = None
-            return last[1], last[2]
-        checked = time.time_ns()
-        return Stat.of(os.stat(path)), checked
-
     def sniff(self, path: str) -> str | None:
         """:func:`modernbert_cli.walk.sniff` of ``path``, remembered under its stat."""
         checked = time.time_ns()
@@ -219,7 +206,6 @@ class StatMemo:
             stat = Stat.of(os.stat(path))
         except OSError:
             return walk.sniff(path)
-        self._taken.last = (path, stat, checked)
         key = ("sniff", path)
         found = self.get(key, stat)
         if found is not None:
@@ -320,15 +306,12 @@ class SplitCache:
         db = self._connect()
         if db is None:
             return None
-        where = os.path.abspath(path)
+        checked = time.time_ns()
         try:
-            if self.memo is not None:
-                now, checked = self.memo.stat(where)
-            else:
-                checked = time.time_ns()
-                now = Stat.of(os.stat(path))
+            now = Stat.of(os.stat(path))
         except OSError:
             return None
+        where = os.path.abspath(path)
         remembered = ("split", self._where, key, where)
         if self.memo is not None and (found := self.memo.get(remembered, now)) is not None:
             return found  # type: ignore[no-any-return]

@@ -358,28 +358,6 @@ def test_a_repeat_search_neither_sniffs_nor_looks_up_an_unchanged_file(
     assert read_all(again[0]) == cut(splitter(None, Spy()), tmp_path)  # entries still read
 
 
-def test_a_repeat_search_stats_each_file_once(tmp_path, store, old_files, monkeypatch):
-    """The sniff's stat of a file serves its entry's lookup too: one system call, not two."""
-    for name in "abc":
-        (tmp_path / f"{name}.txt").write_text(document(30, tag=name))
-    served = Served(store, monkeypatch)
-    first = served.search(tmp_path)
-    stats: list[str] = []
-
-    class Counting:
-        def __getattr__(self, name: str):
-            return getattr(os, name)
-
-        @staticmethod
-        def stat(path, *args, **kwargs):
-            stats.append(os.path.basename(path))
-            return os.stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(split_cache, "os", Counting())
-    assert served.search(tmp_path) == first
-    assert sorted(stats) == ["a.txt", "b.txt", "c.txt"]
-
-
 def test_a_file_edited_to_the_same_size_is_found_again(tmp_path, store, old_files, monkeypatch):
     """A new mtime (or ctime, inode…) is a new file to the memo: sniffed and looked up anew,
     whether its text changed or it became binary."""
