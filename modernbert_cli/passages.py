@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -363,6 +364,7 @@ class Splitter:
         *,
         kept_files: bool = False,
         judge: walking.Judge | None = None,
+        watch: walking.Watch | None = None,
     ) -> Iterator[Passage | KeptFile]:
         """The passages of each file named, and of each text file under each folder named.
 
@@ -372,7 +374,8 @@ class Splitter:
         :class:`~modernbert_cli.inputs.Stdin`). A line over ``max_line_bytes`` is an
         error (a guard against endless input). With ``kept_files``, a file whose
         passages the split cache kept is one :class:`KeptFile`, its passages not read.
-        ``judge``: how a walk tells text files (see :func:`modernbert_cli.walk.walk`).
+        ``judge``: how a walk tells text files, ``watch`` hears of each path it looks at,
+        each name's first (see :func:`modernbert_cli.walk.walk`).
         """
         skip = on_skip or (lambda skipped: None)
         key = self.key(max_line_bytes) if self.cache is not None and self.identity else None
@@ -381,8 +384,11 @@ class Splitter:
                 path = Path(name)
                 if str(name) == STDIN:
                     yield from self._stdin(stdin, position, max_line_bytes)
-                elif path.is_dir():
-                    for file in walking.walk(path, skip, judge):
+                    continue
+                if watch is not None:
+                    watch(os.path.abspath(path))
+                if path.is_dir():
+                    for file in walking.walk(path, skip, judge, watch):
                         yield from self._file(
                             file, skip, max_line_bytes, key, strict=False, whole=kept_files
                         )
@@ -392,6 +398,20 @@ class Splitter:
                     )
         finally:
             self.close()
+
+    def file_passages(
+        self,
+        path: Path,
+        on_skip: walking.OnSkip,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        *,
+        named: bool = False,
+    ) -> Iterator[Passage]:
+        """The passages of one file, as :meth:`passages` gives them (through the cache):
+        ``named``, a file named itself (else one a walk found). What a
+        :class:`KeptFile` that a warm server remembered reads."""
+        key = self.key(max_line_bytes) if self.cache is not None and self.identity else None
+        return self._file(path, on_skip, max_line_bytes, key, strict=named)  # type: ignore[return-value]
 
     def _stdin(self, stdin: Any, position: int, max_line_bytes: int) -> Iterator[Passage]:
         if stdin is None:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from modernbert_cli.cache import KeptBlocks
     from modernbert_cli.embedder import Embedder
-    from modernbert_cli.split_cache import StatMemo
+    from modernbert_cli.split_cache import Snapshots, StatMemo
 
 # An HTTP body over this is refused (413) unread; MAX_INPUTS texts of a few pages fit.
 MAX_HTTP_BODY_BYTES = 32 << 20
@@ -63,6 +63,8 @@ KEPT_BLOCK_BYTES = 256 << 20
 # client, which shows its progress (and embeds through the server): a few files edited
 # since the last search are searched here.
 SEARCH_NEW_TEXTS = 256
+# A walk remembered (split_cache.Snapshots) is walked again after at most this long.
+_SNAPSHOT_S = 3600
 # The server's own log lines (failed requests) per run; a log must not grow without end.
 _LOG_LINES = 200
 
@@ -201,6 +203,7 @@ class Backend:
         self.queue = FairQueue()
         self.kept_blocks: KeptBlocks | None = None  # made by the first search
         self.memo: StatMemo | None = None  # likewise: files' verdicts and split entries
+        self.snapshots: Snapshots | None = None  # and whole walks, under their paths' stats
         self._lock = threading.Lock()
 
     @property
@@ -465,7 +468,9 @@ class Backend:
             if self.kept_blocks is None:
                 self.kept_blocks = KeptBlocks(KEPT_BLOCK_BYTES)
                 self.memo = split_cache.StatMemo()
-        memo = self.memo
+                self.snapshots = split_cache.Snapshots()
+        memo, snapshots = self.memo, self.snapshots
+        assert snapshots is not None
         splits = caches[1] and split_cache.SplitCache(
             Path(caches[1]["path"]), caches[1]["max_bytes"], warn, memo
         )
@@ -480,24 +485,38 @@ class Backend:
         check_names([absolute for absolute, _ in names], max_line_bytes)
         # The client's paths are walked; passages and skips are named as it names them.
         walking = _Relabel(names)
+
+        def skip(what: Any) -> None:
+            events.append(["skip", walking.path(str(what.path)), what.reason, what.folder])
+
+        # A walk is remembered under all that decides what it finds: the names, how files
+        # are cut (the split key: tokenizer, sizes, prompt...) and the split cache asked.
+        remembered = splits and (
+            splitter.key(max_line_bytes),
+            str(splits.path),
+            tuple((absolute, named) for absolute, named in names),
+        )
+        steps = snapshots.get(remembered) if remembered else None
+        walked = None
+        if steps is not None:
+            items: Iterator[Any] = walking.replay(steps, splitter, skip, max_line_bytes)
+        else:
+            walked = split_cache.Walked() if remembered else None
+            raw = splitter.passages(
+                walking.names(),
+                skip if walked is None else walking.noting(skip, walked),
+                None,
+                max_line_bytes,
+                kept_files=True,
+                judge=memo.sniff if memo is not None else None,
+                watch=walked and walked.watch,
+            )
+            items = map(walking.item, raw) if walked is None else walking.recorded(raw, walked)
         options = EncodeOptions()
         # More than a few files' worth to embed: the client's to do, with its progress.
         encoder = self.encoder.sharing(cache or None, _Model(self, gone, SEARCH_NEW_TEXTS))
         encoder.kept_blocks = self.kept_blocks
         try:
-            items = map(
-                walking.item,
-                splitter.passages(
-                    walking.names(),
-                    lambda what: events.append(
-                        ["skip", walking.path(str(what.path)), what.reason, what.folder]
-                    ),
-                    None,
-                    max_line_bytes,
-                    kept_files=True,
-                    judge=memo.sniff if memo is not None else None,
-                ),
-            )
             first = next(items, None)
             if first is None:  # the client's own run says why, with the skips
                 return {"redo": "no passages"}
@@ -516,6 +535,14 @@ class Backend:
         finally:
             splitter.close()
             encoder.close()  # records the cache's hits and misses, as the client would
+        # A warning (the split cache unusable, an entry damaged) is said again by a walk,
+        # not by a walk remembered: a search that gave one is not remembered.
+        if walked is not None and walked.finished and not any(e[0] == "warn" for e in events):
+            now = time.time()
+            # Until its split entries are due for their hourly touch (a repeat walk asks
+            # the split cache for those, writing their last use), but half an hour at least.
+            until = min(max(splits.due, now + _SNAPSHOT_S / 2), now + _SNAPSHOT_S)
+            snapshots.put(remembered, walked, until)
         return {
             "hits": [
                 [
@@ -581,6 +608,61 @@ class _Relabel:
                 lambda: (Passage(path, p.start, p.end, p.text) for p in read()),
             )
         return Passage(path, item.start, item.end, item.text)
+
+    def noting(self, skip: Callable[[Any], None], walked: Any) -> Callable[[Any], None]:
+        """``skip``, each skip of the walk also noted in ``walked`` (a step to replay)."""
+        from modernbert_cli.walk import UNREADABLE
+
+        def noted(what: Any) -> None:
+            skip(what)
+            if walked.usable and not walked.finished:  # not a kept file's, read for a hit
+                if what.reason.startswith(UNREADABLE):
+                    walked.spoil()  # it may be readable next time, its stat unchanged
+                else:
+                    walked.add(("skip", what, self.at))
+
+        return noted
+
+    def recorded(self, raw: Iterator[Any], walked: Any) -> Iterator[Any]:
+        """``raw`` under client names, each kept file noted in ``walked``; ``walked`` is
+        spoilt by anything else (a passage: its text is not kept) or a walk not finished."""
+        KeptFile = self._kept_file
+        for item in raw:
+            named = self.item(item)
+            if not isinstance(item, KeptFile):
+                walked.spoil()
+            elif walked.usable:
+                itself = item.path == self.pairs[self.at][0]  # a file named, not walked to
+                walked.add(("file", item.path, named.path, item.count, item.block_key, itself))
+            yield named
+        walked.finished = True
+
+    def replay(
+        self,
+        steps: tuple[Any, ...],
+        splitter: Any,
+        skip: Callable[[Any], None],
+        max_line_bytes: int,
+    ) -> Iterator[Any]:
+        """What a walk remembered gave, under client names: its kept files, its skips said
+        in turn; a file's passages read, when wanted, through ``splitter``."""
+        KeptFile, Passage = self._kept_file, self._passage
+
+        def read(walked: str, path: str, itself: bool) -> Callable[[], Iterator[Any]]:
+            def passages() -> Iterator[Any]:
+                found = splitter.file_passages(Path(walked), skip, max_line_bytes, named=itself)
+                return (Passage(path, p.start, p.end, p.text) for p in found)
+
+            return passages
+
+        for step in steps:
+            if step[0] == "file":
+                _, walked, path, count, key, itself = step
+                yield KeptFile(path, count, key, read(walked, path, itself))
+            else:
+                _, what, self.at = step
+                skip(what)
+        self.at = len(self.pairs) - 1  # as after a walk of every name
 
 
 class _Model:

@@ -169,6 +169,11 @@ class StatMemo:
 
     def get(self, key: Hashable, stat: Stat) -> Any:
         """What was put under ``key`` for a file of this very ``stat`` (not expired), or None."""
+        found = self.get_until(key, stat)
+        return None if found is None else found[0]
+
+    def get_until(self, key: Hashable, stat: Stat) -> tuple[Any, float] | None:
+        """As :meth:`get`, with the time it was put ``until``."""
         with self._lock:
             found = self._held.get(key)
             if found is None:
@@ -178,7 +183,7 @@ class StatMemo:
                 del self._held[key]
                 return None
             self._held.move_to_end(key)
-            return value
+            return value, until
 
     def put(
         self, key: Hashable, stat: Stat, value: Any, checked_ns: int, until: float = math.inf
@@ -217,6 +222,128 @@ class StatMemo:
         return reason
 
 
+class Walked:
+    """A walk as it goes, for :class:`Snapshots`: the stat of each path it looks at, taken
+    before it looks (:data:`~modernbert_cli.walk.Watch`), and what it found (``steps``).
+
+    Spoilt, and then no longer noted, by a path whose mtime is racy (it may change again
+    with no field of its stat changing), a stat that fails but for a missing path (it may
+    succeed next time unchanged), or more than ``max_entries`` paths and steps.
+    """
+
+    def __init__(self, max_entries: int = MEMO_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self.stats: dict[str, Stat | None] = {}  # None: no such path
+        self.steps: list[Any] = []
+        self.usable = True
+        self.finished = False  # the walk went to its end
+
+    def watch(self, path: str) -> None:
+        if not self.usable or path in self.stats:
+            return  # the first stat, taken before the path was first looked at, is the one
+        checked = time.time_ns()
+        try:
+            stat: Stat | None = Stat.of(os.stat(path))
+        except (FileNotFoundError, NotADirectoryError):
+            stat = None
+        except OSError:
+            self.spoil()
+            return
+        if stat is not None and stat.racy(checked):
+            self.spoil()
+            return
+        self.stats[path] = stat
+        self._bound()
+
+    def add(self, step: Any) -> None:
+        if self.usable:
+            self.steps.append(step)
+            self._bound()
+
+    def spoil(self) -> None:
+        self.usable = False
+        self.stats, self.steps = {}, []
+
+    def _bound(self) -> None:
+        if len(self.stats) + len(self.steps) > self.max_entries:
+            self.spoil()
+
+
+class _Snapshot(NamedTuple):
+    stats: tuple[tuple[str, Stat | None], ...]
+    steps: tuple[Any, ...]
+    until: float
+
+    @property
+    def size(self) -> int:
+        return len(self.stats) + len(self.steps)
+
+
+class Snapshots:
+    """Whole walks (what each found, in order) remembered under the stats of every path
+    they looked at: a warm server's repeat search of an unchanged folder stats those paths
+    (one system call each) instead of walking it, sniffing its files and looking up their
+    split entries.
+
+    Trusted as :class:`StatMemo` is, for every path: a folder's stat changes when an entry
+    is added, removed or renamed in it, a file's when it is written, a missing path's when
+    it appears; none was racy when the walk looked. Each is kept ``until`` a given time
+    (its split entries' hourly touch). Bounded: past ``max_entries`` paths and steps, or
+    ``max_walks`` walks, the least recently used go. Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = MEMO_ENTRIES, max_walks: int = 8) -> None:
+        self.max_entries = max_entries
+        self.max_walks = max_walks
+        self.size = 0
+        self._held: OrderedDict[Hashable, _Snapshot] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def get(self, key: Hashable) -> tuple[Any, ...] | None:
+        """The steps of the walk put under ``key``, if every path it looked at is as it was."""
+        with self._lock:
+            found = self._held.get(key)
+        if found is None:
+            return None
+        if found.until >= time.time() and all(_stat(path) == held for path, held in found.stats):
+            with self._lock:
+                if key in self._held:
+                    self._held.move_to_end(key)
+            return found.steps
+        with self._lock:
+            if self._held.get(key) is found:
+                del self._held[key]
+                self.size -= found.size
+        return None
+
+    def put(self, key: Hashable, walked: Walked, until: float) -> None:
+        """Remember ``walked`` (if usable and whole) under ``key`` until the time ``until``."""
+        if not walked.usable:
+            return
+        found = _Snapshot(tuple(walked.stats.items()), tuple(walked.steps), until)
+        with self._lock:
+            old = self._held.pop(key, None)
+            self.size -= old.size if old is not None else 0
+            self._held[key] = found
+            self.size += found.size
+            while self.size > self.max_entries or len(self._held) > self.max_walks:
+                _, dropped = self._held.popitem(last=False)
+                self.size -= dropped.size
+
+
+def _stat(path: str) -> Stat | bool | None:
+    """``path``'s stat; None if missing; False if it cannot be had (never equal to one held)."""
+    try:
+        return Stat.of(os.stat(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return False
+
+
 class Damaged(Exception):
     """An entry could not be read back whole: its file is to be cut afresh."""
 
@@ -240,6 +367,9 @@ class SplitCache:
         self._touched: list[int] = []
         self._warned_damaged = False
         self.disabled = False
+        # When the first entry :meth:`find` gave is due for its hourly touch (its row's
+        # last use written): what a warm server may reuse them until without asking.
+        self.due = math.inf
 
     # -- opening and failing safely ------------------------------------------------------
 
@@ -313,8 +443,9 @@ class SplitCache:
             return None
         where = os.path.abspath(path)
         remembered = ("split", self._where, key, where)
-        if self.memo is not None and (found := self.memo.get(remembered, now)) is not None:
-            return found  # type: ignore[no-any-return]
+        if self.memo is not None and (found := self.memo.get_until(remembered, now)) is not None:
+            self.due = min(self.due, found[1])
+            return found[0]  # type: ignore[no-any-return]
         try:
             row = db.execute(
                 "SELECT id, size, mtime_ns, ctime_ns, inode, device, digest, racy, passages, "
@@ -344,6 +475,7 @@ class SplitCache:
             self._fail(error)
             return None
         entry = Entry(entry_id, passages, chunks, digest)
+        self.due = min(self.due, last_used + _TOUCH_S)
         if self.memo is not None:
             # Found without a SELECT until its row is due to be touched again, so that the
             # size bound still sees it used.

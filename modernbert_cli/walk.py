@@ -59,41 +59,68 @@ class _Rules:
 
 
 Judge = Callable[[str], str | None]  # why a file is no text file, or None
+# Told of each path (absolute) the walk is about to look at or read: what a warm server
+# stats to know, next time, that a walk would find the same.
+Watch = Callable[[str], None]
 
 
-def walk(root: Path, on_skip: OnSkip | None = None, judge: Judge | None = None) -> Iterator[Path]:
+def _unwatched(path: str) -> None:
+    pass
+
+
+def walk(
+    root: Path,
+    on_skip: OnSkip | None = None,
+    judge: Judge | None = None,
+    watch: Watch | None = None,
+) -> Iterator[Path]:
     """Every text file under ``root``, in sorted order, depth first; skips go to ``on_skip``.
 
     ``root`` itself is searched even when it is hidden or ignored (as ripgrep does
     with a folder named on its command line); what is below it is filtered. ``judge``
     says why a file (its absolute path) is no text file, as :func:`sniff` does (the
-    default): a warm server remembers its verdicts.
+    default): a warm server remembers its verdicts. ``watch`` hears every path whose
+    state the walk depends on (each folder before it is listed, each file before it is
+    judged, each ``.git`` probed and each rules file read), before it is looked at.
     """
     skip = on_skip or (lambda skipped: None)
+    watch = watch or _unwatched
     top = Path(os.path.abspath(root))
-    repo = git_work_tree(top)
-    rules = _inherited_rules(repo, top) if repo is not None else None
-    yield from _walk(top, root, rules, skip, judge or sniff)
+    repo = git_work_tree(top, watch)
+    rules = _inherited_rules(repo, top, watch) if repo is not None else None
+    yield from _walk(top, root, rules, skip, judge or sniff, watch)
 
 
-def git_work_tree(folder: Path) -> Path | None:
+def git_work_tree(folder: Path, watch: Watch = _unwatched) -> Path | None:
     """The root of the git work tree that holds ``folder`` (a ``.git`` entry), or None."""
     for candidate in (folder, *folder.parents):
-        if (candidate / ".git").exists():
+        dot_git = candidate / ".git"
+        watch(str(dot_git))
+        if dot_git.exists():
             return candidate
     return None
 
 
 def _walk(
-    folder: Path, shown: Path, rules: list[_Rules] | None, skip: OnSkip, judge: Judge
+    folder: Path,
+    shown: Path,
+    rules: list[_Rules] | None,
+    skip: OnSkip,
+    judge: Judge,
+    watch: Watch,
 ) -> Iterator[Path]:
     """``folder`` is absolute (for matching); ``shown`` is the path as the user wrote it."""
-    if (rules is None or folder != rules[0].base) and (folder / ".git").exists():
-        # A repository's own rules only: git applies no outer .gitignore inside a nested one,
-        # and a plain folder holding repositories has them honoured in each (as ripgrep does).
-        rules = _repo_rules(folder)
+    watch(str(folder))  # its entries: added, removed, renamed
+    if rules is None or folder != rules[0].base:
+        dot_git = folder / ".git"
+        watch(str(dot_git))  # a link named .git may point at a folder that comes and goes
+        if dot_git.exists():
+            # A repository's own rules only: git applies no outer .gitignore inside a nested
+            # one, and a plain folder holding repositories has them honoured in each (as
+            # ripgrep does).
+            rules = _repo_rules(folder, watch)
     if rules is not None:
-        own = _read_rules(folder / ".gitignore", folder)
+        own = _read_rules(folder / ".gitignore", folder, watch)
         if own is not None:
             rules = [*rules, own]
     try:
@@ -126,13 +153,14 @@ def _walk(
         elif not is_file:
             skip(Skipped(where, SPECIAL))
         else:
+            watch(path)
             reason = judge(path)
             if reason is None:
                 yield where
             else:
                 skip(Skipped(where, reason))
     for path, where in subfolders:
-        yield from _walk(path, where, rules, skip, judge)
+        yield from _walk(path, where, rules, skip, judge, watch)
 
 
 def sniff(path: str | Path) -> str | None:
@@ -167,30 +195,31 @@ def _ignored(rules: list[_Rules], path: Path, is_dir: bool) -> bool:
     return False
 
 
-def _inherited_rules(repo: Path, top: Path) -> list[_Rules]:
+def _inherited_rules(repo: Path, top: Path, watch: Watch) -> list[_Rules]:
     """The rules in force at ``top``: the repository's excludes, then each .gitignore from the
     work tree's root down to (not including) ``top``, whose own file the walk reads."""
-    rules = _repo_rules(repo)
+    rules = _repo_rules(repo, watch)
     folder = repo
     for part in top.relative_to(repo).parts:
-        own = _read_rules(folder / ".gitignore", folder)
+        own = _read_rules(folder / ".gitignore", folder, watch)
         if own is not None:
             rules.append(own)
         folder = folder / part
     return rules
 
 
-def _repo_rules(repo: Path) -> list[_Rules]:
+def _repo_rules(repo: Path, watch: Watch = _unwatched) -> list[_Rules]:
     """``.git/info/exclude`` of the work tree at ``repo`` (a linked work tree's too)."""
-    exclude = _read_rules(_git_dir(repo) / "info" / "exclude", repo)
+    exclude = _read_rules(_git_dir(repo, watch) / "info" / "exclude", repo, watch)
     # The first entry always names the repository's root, for the nested-repository check.
     return [exclude or _Rules(repo, _spec([]))]
 
 
-def _git_dir(repo: Path) -> Path:
+def _git_dir(repo: Path, watch: Watch = _unwatched) -> Path:
     """The folder with ``info/exclude``: ``.git``, or for a linked work tree (``.git`` is a
     file saying ``gitdir: …``) the main repository's, named by that folder's ``commondir``."""
     dot_git = repo / ".git"
+    watch(str(dot_git))
     if dot_git.is_dir():
         return dot_git
     try:
@@ -200,6 +229,7 @@ def _git_dir(repo: Path) -> Path:
     if not pointer.startswith("gitdir:"):
         return dot_git
     git_dir = (repo / pointer.removeprefix("gitdir:").strip()).resolve()
+    watch(str(git_dir / "commondir"))
     try:
         common = (git_dir / "commondir").read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
@@ -207,7 +237,8 @@ def _git_dir(repo: Path) -> Path:
     return (git_dir / common).resolve()
 
 
-def _read_rules(file: Path, base: Path) -> _Rules | None:
+def _read_rules(file: Path, base: Path, watch: Watch = _unwatched) -> _Rules | None:
+    watch(str(file))
     try:
         text = file.read_text(encoding="utf-8", errors="replace")
     except OSError:
