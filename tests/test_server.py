@@ -527,9 +527,9 @@ def test_a_repeat_search_reads_no_kept_row_and_an_edit_is_read_afresh(
 def test_a_repeat_search_neither_sniffs_nor_looks_up_an_unchanged_file(
     cli, start_server, tiny_model, monkeypatch, tmp_path
 ):
-    """The server remembers each file's sniff and split entry under its stat, and the kept
-    rows' lengths: a repeat search reads no file's head, asks the split cache nothing for
-    them and scales no row; an edit is seen."""
+    """The server remembers each file's sniff and split entry under its stat, the walk
+    itself, and the kept rows' lengths: a repeat search lists no folder, reads no file's
+    head, asks the split cache nothing for them and scales no row; an edit is seen."""
     from modernbert_cli import scoring, split_cache, walk
 
     monkeypatch.setattr(split_cache, "RACY_NS", 0)  # the files count as settled
@@ -549,8 +549,15 @@ def test_a_repeat_search_neither_sniffs_nor_looks_up_an_unchanged_file(
         db.set_trace_callback(statements.append)
         return db
 
+    scandir = os.scandir
+
+    def listing(path="."):
+        assert not str(path).startswith(str(folder)), f"{path} was listed"
+        return scandir(path)
+
     with monkeypatch.context() as patch:
         patch.setattr(walk, "sniff", lambda path: pytest.fail(f"{path} was sniffed"))
+        patch.setattr(os, "scandir", listing)  # the walk remembered: replayed
         patch.setattr(split_cache.SplitCache, "_open", noting_open)
         # The kept rows' lengths are held with them: cosine scoring computes none.
         patch.setattr(scoring, "lengths", lambda rows: pytest.fail("lengths computed"))
