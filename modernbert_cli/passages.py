@@ -386,7 +386,7 @@ class Splitter:
                     yield from self._stdin(stdin, position, max_line_bytes)
                     continue
                 if watch is not None:
-                    watch(os.path.abspath(path))
+                    watch(os.path.abspath(path), False)
                 if path.is_dir():
                     for file in walking.walk(path, skip, judge, watch):
                         yield from self._file(

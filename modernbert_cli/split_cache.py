@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any, BinaryIO, NamedTuple
 
 from modernbert_cli import walk
@@ -233,26 +234,21 @@ class Walked:
 
     def __init__(self, max_entries: int = MEMO_ENTRIES) -> None:
         self.max_entries = max_entries
-        self.stats: dict[str, Stat | None] = {}  # None: no such path
+        self.stats: dict[str, Held] = {}
         self.steps: list[Any] = []
         self.usable = True
         self.finished = False  # the walk went to its end
 
-    def watch(self, path: str) -> None:
+    def watch(self, path: str, probe: bool = False) -> None:
+        """Note ``path``'s stat (``probe``: a folder's being there, not its times)."""
         if not self.usable or path in self.stats:
             return  # the first stat, taken before the path was first looked at, is the one
         checked = time.time_ns()
-        try:
-            stat: Stat | None = Stat.of(os.stat(path))
-        except (FileNotFoundError, NotADirectoryError):
-            stat = None
-        except OSError:
+        held = _held(path, probe)
+        if held is False or (isinstance(held, Stat) and held.racy(checked)):
             self.spoil()
             return
-        if stat is not None and stat.racy(checked):
-            self.spoil()
-            return
-        self.stats[path] = stat
+        self.stats[path] = held
         self._bound()
 
     def add(self, step: Any) -> None:
@@ -270,7 +266,7 @@ class Walked:
 
 
 class _Snapshot(NamedTuple):
-    stats: tuple[tuple[str, Stat | None], ...]
+    stats: tuple[tuple[str, Held], ...]
     steps: tuple[Any, ...]
     until: float
 
@@ -287,9 +283,11 @@ class Snapshots:
 
     Trusted as :class:`StatMemo` is, for every path: a folder's stat changes when an entry
     is added, removed or renamed in it, a file's when it is written, a missing path's when
-    it appears; none was racy when the walk looked. Each is kept ``until`` a given time
-    (its split entries' hourly touch). Bounded: past ``max_entries`` paths and steps, or
-    ``max_walks`` walks, the least recently used go. Thread-safe.
+    it appears; none was racy when the walk looked. Of a ``.git`` folder probed only which
+    folder it is counts (git writes in it on every command; its rules file is watched).
+    Each is kept ``until`` a given time (its split entries' hourly touch). Bounded: past
+    ``max_entries`` paths and steps, or ``max_walks`` walks, the least recently used go.
+    Thread-safe.
     """
 
     def __init__(self, max_entries: int = MEMO_ENTRIES, max_walks: int = 8) -> None:
@@ -308,7 +306,9 @@ class Snapshots:
             found = self._held.get(key)
         if found is None:
             return None
-        if found.until >= time.time() and all(_stat(path) == held for path, held in found.stats):
+        if found.until >= time.time() and all(
+            _held(path, type(held) is _Folder) == held for path, held in found.stats
+        ):
             with self._lock:
                 if key in self._held:
                     self._held.move_to_end(key)
@@ -334,14 +334,29 @@ class Snapshots:
                 self.size -= dropped.size
 
 
-def _stat(path: str) -> Stat | bool | None:
-    """``path``'s stat; None if missing; False if it cannot be had (never equal to one held)."""
+class _Folder(NamedTuple):
+    """A folder probed: which it is, not its times."""
+
+    inode: int
+    device: int
+
+
+# What is held of a path: its stat, a folder probed, or None (no such path).
+Held = Stat | _Folder | None
+
+
+def _held(path: str, probe: bool) -> Held | bool:
+    """What to hold of ``path`` (``probe``: a folder as :class:`_Folder`); False if its stat
+    cannot be had (never equal to one held)."""
     try:
-        return Stat.of(os.stat(path))
+        status = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError:
         return False
+    if probe and S_ISDIR(status.st_mode):
+        return _Folder(status.st_ino, status.st_dev)
+    return Stat.of(status)
 
 
 class Damaged(Exception):

@@ -60,11 +60,13 @@ class _Rules:
 
 Judge = Callable[[str], str | None]  # why a file is no text file, or None
 # Told of each path (absolute) the walk is about to look at or read: what a warm server
-# stats to know, next time, that a walk would find the same.
-Watch = Callable[[str], None]
+# stats to know, next time, that a walk would find the same. True: a ``.git`` probed,
+# whose being there counts, and if it is a file (a linked work tree's) what it says;
+# not what happens inside a ``.git`` folder (each git command writes there).
+Watch = Callable[[str, bool], None]
 
 
-def _unwatched(path: str) -> None:
+def _unwatched(path: str, probe: bool) -> None:
     pass
 
 
@@ -95,7 +97,7 @@ def git_work_tree(folder: Path, watch: Watch = _unwatched) -> Path | None:
     """The root of the git work tree that holds ``folder`` (a ``.git`` entry), or None."""
     for candidate in (folder, *folder.parents):
         dot_git = candidate / ".git"
-        watch(str(dot_git))
+        watch(str(dot_git), True)
         if dot_git.exists():
             return candidate
     return None
@@ -110,10 +112,10 @@ def _walk(
     watch: Watch,
 ) -> Iterator[Path]:
     """``folder`` is absolute (for matching); ``shown`` is the path as the user wrote it."""
-    watch(str(folder))  # its entries: added, removed, renamed
+    watch(str(folder), False)  # its entries: added, removed, renamed
     if rules is None or folder != rules[0].base:
         dot_git = folder / ".git"
-        watch(str(dot_git))  # a link named .git may point at a folder that comes and goes
+        watch(str(dot_git), True)  # a link named .git may point at a folder that comes and goes
         if dot_git.exists():
             # A repository's own rules only: git applies no outer .gitignore inside a nested
             # one, and a plain folder holding repositories has them honoured in each (as
@@ -153,7 +155,7 @@ def _walk(
         elif not is_file:
             skip(Skipped(where, SPECIAL))
         else:
-            watch(path)
+            watch(path, False)
             reason = judge(path)
             if reason is None:
                 yield where
@@ -219,7 +221,7 @@ def _git_dir(repo: Path, watch: Watch = _unwatched) -> Path:
     """The folder with ``info/exclude``: ``.git``, or for a linked work tree (``.git`` is a
     file saying ``gitdir: …``) the main repository's, named by that folder's ``commondir``."""
     dot_git = repo / ".git"
-    watch(str(dot_git))
+    watch(str(dot_git), True)
     if dot_git.is_dir():
         return dot_git
     try:
@@ -229,7 +231,7 @@ def _git_dir(repo: Path, watch: Watch = _unwatched) -> Path:
     if not pointer.startswith("gitdir:"):
         return dot_git
     git_dir = (repo / pointer.removeprefix("gitdir:").strip()).resolve()
-    watch(str(git_dir / "commondir"))
+    watch(str(git_dir / "commondir"), False)
     try:
         common = (git_dir / "commondir").read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
@@ -238,7 +240,7 @@ def _git_dir(repo: Path, watch: Watch = _unwatched) -> Path:
 
 
 def _read_rules(file: Path, base: Path, watch: Watch = _unwatched) -> _Rules | None:
-    watch(str(file))
+    watch(str(file), False)
     try:
         text = file.read_text(encoding="utf-8", errors="replace")
     except OSError:

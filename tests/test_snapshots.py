@@ -5,6 +5,7 @@ what a walk would find is seen, and the answer is the walk's own."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,19 @@ def test_a_gitignore_edited_is_obeyed(served, folder, old_files):
     exclude.parent.mkdir()
     reply = change_and_search(served, folder, lambda: exclude.write_text("0.txt\n"))
     assert "notes/0.txt: ignored by .gitignore" in skips(reply)
+
+
+def test_git_at_work_in_its_folder_is_no_change_but_a_repository_gone_is(served, folder, old_files):
+    """Of a .git folder only its being there counts (git writes in it all the time); its
+    rules file is watched for itself."""
+    (folder / ".gitignore").write_text("1.txt\n")
+    served.search(folder)
+    served.search(folder)
+    (folder / ".git" / "index").write_bytes(b"what git status writes")
+    served.search(folder)
+    assert served.listed == []
+    reply = change_and_search(served, folder, lambda: shutil.rmtree(folder / ".git"))
+    assert not any("ignored" in skip for skip in skips(reply))
 
 
 def test_a_work_tree_made_above_the_folder_is_seen(served, tmp_path, old_files):
