@@ -134,16 +134,16 @@ def test_a_repeat_search_does_not_walk(served, folder, old_files, monkeypatch):
     assert any("lava" in hit[5] for row in again["hits"] for hit in row)  # passages read
 
 
-def change_and_search(served: Served, folder: Path, change) -> dict:
+def change_and_search(served: Served, folder: Path, change, **options) -> dict:
     """A search remembered, then ``change`` made: walked again, and answering as a walk."""
-    served.search(folder)
-    served.search(folder)
+    served.search(folder, **options)
+    served.search(folder, **options)
     assert served.listed == []  # remembered
     change()
-    reply = served.search(folder)
+    reply = served.search(folder, **options)
     assert served.listed, "the change was not seen"
-    assert reply == served.walked(folder)
-    served.search(folder)
+    assert reply == served.walked(folder, **options)
+    served.search(folder, **options)
     assert served.listed == []  # remembered again
     return reply
 
@@ -293,3 +293,19 @@ def test_walks_remembered_are_bounded(tmp_path, old_files):
     assert snapshots.size <= 10
     (tmp_path / "1.txt").write_text("changed\n")
     assert snapshots.get("e") is None and len(snapshots) < 2
+
+
+def test_files_and_folders_named_together(served, folder, old_files):
+    """A file named itself (read strictly), a folder, and a folder holding both: one walk,
+    remembered whole, each named as the client named it."""
+    names = [
+        [str(folder / "deep"), "./notes/deep/"],
+        [str(folder / "0.txt"), "notes/0.txt"],
+        [str(folder), str(folder)],
+    ]
+    change_and_search(
+        served, folder, lambda: (folder / "0.txt").write_text(note(0, "zero ")), names=names
+    )
+    assert {"notes/0.txt", f"{folder}/0.txt"} <= set(
+        paths(served.search(folder, top_k=50, names=names))
+    )
