@@ -8,6 +8,10 @@ them, a new query each time (embedded by the model). Runs alternate between the 
 ways; medians and minima in ms.
 
     python benchmarks/snapshot_speed.py [--mb 5 --file-kb 5 --repeats 15]
+
+``--profile`` adds cProfile of one remembered search (of a walked one with
+``PROFILE_WALKED=1``; ``SORT=tottime``, ``LINES_SHOWN=30`` shape the listing). Run from
+an older tree (the script copied in), it measures that code's walked search alone.
 """
 
 from __future__ import annotations
@@ -100,6 +104,8 @@ def main() -> None:
         import cProfile
         import pstats
 
+        if snapshots is not None and os.environ.get("PROFILE_WALKED"):
+            snapshots.get = lambda *a: None
         profile = cProfile.Profile()
         profile.runcall(search)
         stats = pstats.Stats(profile).sort_stats(os.environ.get("SORT", "cumulative"))
