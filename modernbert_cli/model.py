@@ -334,9 +334,10 @@ def load(spec: ModelSpec) -> Any:
 # Modules that sentence-transformers (and transformers under it) import at start-up only
 # for names the tool never calls: scikit-learn, 2 s of a 10 s start-up on a 2-core CPU, for
 # ``pairwise_distances`` (``sentence_transformers.util.similarity``), and SciPy's
-# optimizers, 0.4 s, for transformers' object-detection loss. While sentence-transformers
-# is imported they are stand-ins whose names import the real module when first called.
-_STAND_INS = ("sklearn", "sklearn.metrics", "scipy.optimize")
+# optimizers, 0.4 s, for transformers' object-detection loss, and SciPy's sparse matrices,
+# 0.15 s, for ``sentence_transformers.util.to_scipy_coo``. While sentence-transformers is
+# imported they are stand-ins whose names import the real module when first called.
+_STAND_INS = ("sklearn", "sklearn.metrics", "scipy.optimize", "scipy.sparse")
 
 
 def import_sentence_transformers() -> Any:
