@@ -424,3 +424,39 @@ def test_loading_imports_neither_scikit_learn_nor_scipy(minilm_path, first):
     assert seen["distances"] == [[0.0, 5.0], [5.0, 0.0]]
     assert seen["assignment"] == [[0, 1, 2], [2, 0, 1]]
     assert seen["sparse"] == [[1.0, 0.0], [0.0, 1.0]]
+
+
+SCAN_THEN_LOAD = """
+import json, sys
+import transformers
+from transformers.utils import import_utils
+scan = import_utils.create_import_structure_from_path
+before = scan.cache_info()
+from modernbert_cli.model import ModelSpec, load
+model = load(ModelSpec(sys.argv[1], device="cpu"))
+after = scan.cache_info()
+print(json.dumps({
+    "folders_scanned": after.misses - before.misses,
+    "reused": after.hits - before.hits,
+    "restored": import_utils.create_import_structure_from_path is scan,
+    "dimension": model.get_sentence_embedding_dimension(),
+}))
+"""
+
+
+def test_loading_scans_transformers_model_folders_once(minilm_path):
+    """``import transformers`` scans its ~560 model folders; ``transformers.models`` (0.5 s)
+    takes that scan from transformers' own cache instead of scanning them all again."""
+    result = subprocess.run(
+        [sys.executable, "-c", SCAN_THEN_LOAD, minilm_path],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(result.stdout)
+    assert seen["reused"] >= 1
+    assert seen["folders_scanned"] < 100  # a few models' own folders, not all of them again
+    assert seen["restored"] is True
+    assert seen["dimension"] == 384
