@@ -23,12 +23,9 @@ least) can be passed by a few pages of log.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
-import stat
-import sys
 import time
 import zlib
 from collections import Counter
@@ -36,6 +33,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from modernbert_cli.sqlite_file import SQLiteFile, retry_busy, transaction, used_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,7 +48,6 @@ DEFAULT_MAX_MB = 2048
 _BATCH = 900
 # Bytes a row takes besides its vector: key, columns, index entries, page slack.
 _ROW_OVERHEAD = 160
-_BUSY_TIMEOUT_MS = 10_000
 # A row's last_used is written again by a lookup at most this often: least recently used
 # to the hour, and a repeat over the same texts writes nothing.
 _TOUCH_S = 3600
@@ -268,8 +266,10 @@ class ModelStats:
         return self.files in (CHANGED, GONE)
 
 
-class EmbeddingCache:
+class EmbeddingCache(SQLiteFile):
     """The cache file, opened lazily; every failure turns it off with one warning."""
+
+    kind = "embedding cache"
 
     def __init__(
         self,
@@ -277,77 +277,42 @@ class EmbeddingCache:
         max_bytes: int = DEFAULT_MAX_MB << 20,
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        self.path = path
+        super().__init__(path, warn)
         self.max_bytes = max_bytes
-        self._warn = warn or (lambda message: print(message, file=sys.stderr))
-        self._db: sqlite3.Connection | None = None
-        self.disabled = False
         self.damaged = 0  # rows that failed their check and were ignored
-        self.error: BaseException | None = None  # what turned the cache off
 
-    # -- opening and failing safely ------------------------------------------------------
+    # -- opening (SQLiteFile opens lazily and fails safely) ------------------------------
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if self.disabled:
-            return None
-        if self._db is None:
-            try:
-                _make_private(self.path)
-                self._db = _retry_busy(self._open)
-            except (sqlite3.Error, OSError) as error:
-                self._fail(error)
-        return self._db
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    def _pragmas(self, db: sqlite3.Connection) -> list[str]:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        wal = int(self.max_bytes * _WAL_SHARE)
+        return [
             # A new file can give freed pages back (see _shrink); an old one once cleared.
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            db.execute("PRAGMA journal_mode = WAL")
-            page = db.execute("PRAGMA page_size").fetchone()[0]
-            wal = int(self.max_bytes * _WAL_SHARE)
-            db.execute(f"PRAGMA wal_autocheckpoint = {min(1000, max(8, wal // page))}")
-            db.execute(f"PRAGMA journal_size_limit = {wal}")
-            db.execute("PRAGMA synchronous = NORMAL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"unknown cache format {version}")
-            if version != _SCHEMA_VERSION or _missing(db):
-                with _transaction(db):  # one process at a time makes or completes the tables
-                    missing = _missing(db)
-                    for statement in _SCHEMA:
-                        db.execute(statement)
-                    for table, column, kind in missing:
-                        if column:  # else the table was missing, and is made now
-                            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-                    db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        except BaseException:
-            db.close()
-            raise
-        return db
+            # Before WAL: a file in WAL mode keeps the auto_vacuum it was made with.
+            "auto_vacuum = INCREMENTAL",
+            *super()._pragmas(db),
+            f"wal_autocheckpoint = {min(1000, max(8, wal // page))}",
+            f"journal_size_limit = {wal}",
+        ]
 
-    def _fail(self, error: BaseException) -> None:
-        """Turn the cache off for this run, with one warning; the command goes on without it."""
-        self.error = self.error or error
-        if not self.disabled:
-            # Only for a damaged file is clearing the remedy (it deletes the file); a
-            # lock, a permission or a folder that is a file are not cured by it.
-            remedy = "run: modernbert-cli cache clear" if _damaged(error) else "or use --no-cache"
-            self._warn(
-                f"warning: embedding cache {self.path} is unusable ({error}); going on "
-                f"without it ({remedy})"
-            )
-        self.disabled = True
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
+    def _setup(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, _SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(f"unknown cache format {version}")
+        if version != _SCHEMA_VERSION or _missing(db):
+            with transaction(db):  # one process at a time makes or completes the tables
+                missing = _missing(db)
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                for table, column, kind in missing:
+                    if column:  # else the table was missing, and is made now
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+    def _remedy(self, error: BaseException) -> str:
+        # Only for a damaged file is clearing the remedy (it deletes the file); a lock, a
+        # permission or a folder that is a file are not cured by it.
+        return "run: modernbert-cli cache clear" if _damaged(error) else "or use --no-cache"
 
     # -- the work --------------------------------------------------------------------------
 
@@ -488,7 +453,7 @@ class EmbeddingCache:
                 self._evict(db, incoming=len(batch) * row_bytes)
 
                 def write(batch: list[tuple[bytes, np.ndarray, bool]] = batch) -> None:
-                    with _transaction(db):
+                    with transaction(db):
                         model = self._model_id(db, fingerprint, name, folder, create=True)
                         rows = []
                         for key, vector, truncated in batch:
@@ -502,7 +467,7 @@ class EmbeddingCache:
                             rows,
                         )
 
-                _retry_busy(write)  # past the busy timeout, a loaded machine gets more tries
+                retry_busy(write)  # past the busy timeout, a loaded machine gets more tries
             self._shrink(db)
         except sqlite3.Error as error:
             self._fail(error)
@@ -561,7 +526,7 @@ class EmbeddingCache:
         rows, crc = len(vectors), _block_crc(fingerprint, key, len(vectors), truncated, blob)
 
         def write() -> None:
-            with _transaction(db):
+            with transaction(db):
                 model = self._model_id(db, fingerprint, name, folder, create=True)
                 db.execute(
                     "INSERT OR REPLACE INTO blocks "
@@ -572,7 +537,7 @@ class EmbeddingCache:
 
         try:
             self._evict(db, incoming=len(blob) + _ROW_OVERHEAD)
-            _retry_busy(write)
+            retry_busy(write)
             self._shrink(db)
         except sqlite3.Error as error:
             self._fail(error)
@@ -620,7 +585,7 @@ class EmbeddingCache:
     def _evict(self, db: sqlite3.Connection, incoming: int = 0) -> None:
         """Least recently used rows go until ``incoming`` more bytes fit in the bound."""
         bound = self.max_bytes * _MAIN_SHARE
-        size = _size(db)
+        size = used_bytes(db)
         if size + incoming <= bound:
             return
         counts = {
@@ -633,7 +598,7 @@ class EmbeddingCache:
         # ones and 5% more, so that eviction does not run again at the very next slice.
         # Files' blocks go in the same share as passages' rows (both least recent first).
         keep = max(0.0, 0.95 * bound - incoming) / size
-        with _transaction(db):
+        with transaction(db):
             for table, count in counts.items():
                 if count:
                     db.execute(
@@ -704,7 +669,7 @@ class EmbeddingCache:
                 doomed = [row.fingerprint for row in self.stats() if row.stale]
                 if self.disabled:  # stats failed on a damaged file
                     return self._remove_damaged(self.error)
-            with _transaction(db):
+            with transaction(db):
                 if name is None and doomed is None:
                     deleted = db.execute("DELETE FROM embeddings").rowcount
                     db.execute("DELETE FROM blocks")
@@ -741,62 +706,6 @@ class EmbeddingCache:
                 raise OutputError(
                     f"cannot delete the damaged cache file {file}: {error.strerror or error}"
                 ) from None
-
-
-def _make_private(path: Path) -> None:
-    """The folder 0700 (when we make it) and the file 0600, before SQLite opens it.
-
-    Others must not read a user's vectors, nor test whether a sentence was ever embedded
-    (keys are hashes of the texts). SQLite gives the -wal and -shm files the mode of the
-    database file. A file made 0644 by an older version is narrowed too.
-    """
-    with contextlib.suppress(FileExistsError):
-        path.parent.mkdir(mode=0o700, parents=True)
-        os.chmod(path.parent, 0o700)  # exactly: mkdir's mode passes through the umask
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for journal in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_IMODE(journal.stat().st_mode) & 0o077:
-                os.chmod(journal, 0o600)
-
-
-class _transaction:
-    """BEGIN IMMEDIATE … COMMIT: the write lock is taken up front, so no deadlock on upgrade."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: Any, *rest: Any) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-
-def _retry_busy(step: Callable[[], Any], attempts: int = 10) -> Any:
-    """Run ``step``, again after a short pause when it is refused at once as busy.
-
-    The busy timeout covers ordinary reads and writes, but some steps fail at once
-    instead of waiting (switching a new file to WAL while another process does the
-    same): several processes starting together on a new cache retry here. A refusal
-    that came after the busy timeout had already waited is final.
-    """
-    for attempt in range(attempts):
-        started = time.monotonic()
-        try:
-            return step()
-        except sqlite3.OperationalError as error:
-            busy = "locked" in str(error) or "busy" in str(error)
-            waited = time.monotonic() - started > 1.0
-            if not busy or waited or attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 def _where(folder: Path | None) -> tuple[str | None, str | None]:
@@ -859,12 +768,6 @@ def _missing(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
             if column not in have:
                 missing.append((table, column, kind))
     return missing
-
-
-def _size(db: sqlite3.Connection) -> int:
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    free = db.execute("PRAGMA freelist_count").fetchone()[0]
-    return (pages - free) * db.execute("PRAGMA page_size").fetchone()[0]
 
 
 def _crc(fingerprint: str, key: bytes, blob: bytes, truncated: bool | int) -> int:

@@ -11,12 +11,13 @@ that need them: importing them here would cost seconds on every ``--help``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,9 +335,10 @@ def load(spec: ModelSpec) -> Any:
 # Modules that sentence-transformers (and transformers under it) import at start-up only
 # for names the tool never calls: scikit-learn, 2 s of a 10 s start-up on a 2-core CPU, for
 # ``pairwise_distances`` (``sentence_transformers.util.similarity``), and SciPy's
-# optimizers, 0.4 s, for transformers' object-detection loss. While sentence-transformers
-# is imported they are stand-ins whose names import the real module when first called.
-_STAND_INS = ("sklearn", "sklearn.metrics", "scipy.optimize")
+# optimizers, 0.4 s, for transformers' object-detection loss, and SciPy's sparse matrices,
+# 0.15 s, for ``sentence_transformers.util.to_scipy_coo``. While sentence-transformers is
+# imported they are stand-ins whose names import the real module when first called.
+_STAND_INS = ("sklearn", "sklearn.metrics", "scipy.optimize", "scipy.sparse")
 
 
 def import_sentence_transformers() -> Any:
@@ -352,6 +354,7 @@ def import_sentence_transformers() -> Any:
 
     if "sentence_transformers" in sys.modules:
         return sys.modules["sentence_transformers"]
+    one_scan = _scanning_models_once()
     stand_ins = {}
     for name in _STAND_INS:
         if name in sys.modules:
@@ -368,12 +371,44 @@ def import_sentence_transformers() -> Any:
             setattr(stand_ins[parent], child, module)
     sys.modules.update(stand_ins)
     try:
-        import sentence_transformers
+        with one_scan:
+            import sentence_transformers
     finally:
         for name, module in stand_ins.items():
             if sys.modules.get(name) is module:
                 del sys.modules[name]
     return sentence_transformers
+
+
+@contextlib.contextmanager
+def _scanning_models_once() -> Iterator[None]:
+    """While in it, transformers' scan of its model folders is shared by both its callers.
+
+    ``import transformers`` reads the ``__all__`` of its 1,700 model files to build its
+    lazy import table, and ``transformers.models`` (imported by any model load) builds
+    the same table again: 0.5 s of a 7 s start-up on a 2-core CPU. The scan is cached
+    (``functools.lru_cache``), but the first caller passes the folder and the second its
+    ``__init__.py``: here both pass the folder, so the second is a cache hit. The scan of
+    a file means that of its folder, so the table is the same.
+    """
+    import sys
+
+    from transformers.utils import import_utils
+
+    scan = getattr(import_utils, "create_import_structure_from_path", None)
+    if "transformers.models" in sys.modules or not hasattr(scan, "cache_info"):
+        yield  # scanned already, or a transformers whose scan is not cached: as it is
+        return
+
+    def by_folder(module_path: Any) -> Any:
+        path = Path(module_path)
+        return scan(path.parent if path.is_file() else path)
+
+    import_utils.create_import_structure_from_path = by_folder
+    try:
+        yield
+    finally:
+        import_utils.create_import_structure_from_path = scan
 
 
 def _later(module: str, name: str) -> Any:

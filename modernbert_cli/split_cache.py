@@ -36,7 +36,6 @@ import json
 import math
 import os
 import sqlite3
-import sys
 import threading
 import time
 import zlib
@@ -48,14 +47,8 @@ from stat import S_ISDIR
 from typing import Any, BinaryIO, NamedTuple
 
 from modernbert_cli import walk
-from modernbert_cli.cache import (
-    _BUSY_TIMEOUT_MS,
-    _make_private,
-    _retry_busy,
-    _size,
-    _transaction,
-)
 from modernbert_cli.cache import default_path as embeddings_path
+from modernbert_cli.sqlite_file import SQLiteFile, retry_busy, transaction, used_bytes
 
 CACHE_FILE = "passages.sqlite3"
 DEFAULT_MAX_BYTES = 512 << 20
@@ -363,8 +356,10 @@ class Damaged(Exception):
     """An entry could not be read back whole: its file is to be cut afresh."""
 
 
-class SplitCache:
+class SplitCache(SQLiteFile):
     """The passage cache file, opened lazily; every failure turns it off with one warning."""
+
+    kind = "passage cache"
 
     def __init__(
         self,
@@ -373,70 +368,31 @@ class SplitCache:
         warn: Callable[[str], None] | None = None,
         memo: StatMemo | None = None,
     ) -> None:
-        self.path = path or default_path()
+        # Passages are the user's text: for this user alone, as the vectors are.
+        super().__init__(path or default_path(), warn)
         self.max_bytes = max_bytes
         self.memo = memo  # a warm server's: entries found before, under their file's stat
         self._where = str(self.path)  # in the memo's keys
-        self._warn = warn or (lambda message: print(message, file=sys.stderr))
-        self._db: sqlite3.Connection | None = None
         self._touched: list[int] = []
         self._warned_damaged = False
-        self.disabled = False
         # When the first entry :meth:`find` gave is due for its hourly touch (its row's
         # last use written): what a warm server may reuse them until without asking.
         self.due = math.inf
 
-    # -- opening and failing safely ------------------------------------------------------
+    # -- opening (SQLiteFile opens lazily and fails safely) ------------------------------
 
-    def _connect(self) -> sqlite3.Connection | None:
-        if self.disabled:
-            return None
-        if self._db is None:
-            try:
-                # Passages are the user's text: for this user alone, as the vectors are.
-                _make_private(self.path)
-                self._db = _retry_busy(self._open)
-            except (sqlite3.Error, OSError) as error:
-                self._fail(error)
-        return self._db
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"unknown passage cache format {version}")
-            if version != _SCHEMA_VERSION:  # else made already: opening it writes nothing
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def _fail(self, error: BaseException) -> None:
-        """Turn the cache off for this run, with one warning; passages are cut without it."""
-        if not self.disabled:
-            self._warn(
-                f"warning: passage cache {self.path} is unusable ({error}); going on "
-                "without it (delete the file to start afresh)"
-            )
-        self.disabled = True
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
+    def _setup(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, _SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(f"unknown passage cache format {version}")
+        if version != _SCHEMA_VERSION:  # else made already: opening it writes nothing
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Record which entries were used (for the size bound) and let go of the file."""
         self._flush_touched()
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
+        super().close()
 
     def __enter__(self) -> SplitCache:
         return self
@@ -540,7 +496,7 @@ class SplitCache:
                 row = db.execute("SELECT 1 FROM files WHERE id = ?", (entry.id,)).fetchone()
                 gone = row is None
                 if not gone:
-                    with _transaction(db):
+                    with transaction(db):
                         _delete(db, [entry.id])
             except sqlite3.Error as error:
                 self._fail(error)
@@ -582,15 +538,15 @@ class SplitCache:
     def _evict(self, db: sqlite3.Connection) -> None:
         """Past the bound, entries left unfinished by a process that stopped go, then the
         least recently used files until the file is under 90% of its bound."""
-        if _size(db) <= self.max_bytes:
+        if used_bytes(db) <= self.max_bytes:
             return
-        with _transaction(db):
+        with transaction(db):
             stale = db.execute(
                 "SELECT id FROM files WHERE complete = 0 AND last_used < ?",
                 (int(time.time()) - _ABANDONED_S,),
             ).fetchall()
             _delete(db, [row[0] for row in stale])
-        excess = _size(db) - int(0.9 * self.max_bytes)
+        excess = used_bytes(db) - int(0.9 * self.max_bytes)
         if excess <= 0:
             return
         doomed, freed = [], 0
@@ -602,7 +558,7 @@ class SplitCache:
             if freed >= excess:
                 break
         # Freed pages are reused by later entries: no VACUUM (which rewrites the file).
-        with _transaction(db):
+        with transaction(db):
             _delete(db, doomed)
 
     def size_bytes(self) -> int:
@@ -666,7 +622,7 @@ class Writer:
         if db is None:
             return
         try:
-            with _transaction(db):
+            with transaction(db):
                 _delete(db, [self.id])
         except sqlite3.Error as error:
             self.cache._fail(error)
@@ -684,7 +640,7 @@ class Writer:
         now = int(time.time())
 
         def write() -> None:
-            with _transaction(db):
+            with transaction(db):
                 if self.id is None:
                     self.id = db.execute(
                         "INSERT INTO files (key, path, size, mtime_ns, ctime_ns, inode, device, "
@@ -717,7 +673,7 @@ class Writer:
                     _delete(db, [row[0] for row in older])
 
         try:
-            _retry_busy(write)
+            retry_busy(write)
             self.chunks += data is not None
             if complete:
                 self.cache._evict(db)

@@ -22,7 +22,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from modernbert_cli import cache as cache_module
 from modernbert_cli import engine as engine_module
-from modernbert_cli import model
+from modernbert_cli import model, sqlite_file
 from modernbert_cli.cache import EmbeddingCache, default_path, text_key
 from modernbert_cli.errors import ExitStatus
 
@@ -608,7 +608,7 @@ def test_a_lookup_keeps_an_old_row(tmp_path, clock):
     clock[0] += cache_module._TOUCH_S  # last used long enough ago for a lookup to refresh it
     n = 0
     short_of_evicting = 0.8 * cache_module._MAIN_SHARE * store.max_bytes
-    while cache_module._size(store._db) <= short_of_evicting:
+    while sqlite_file.used_bytes(store._db) <= short_of_evicting:
         add(n)
         n += 1
         assert present(old), "evicted before the bound was reached"
@@ -1049,7 +1049,7 @@ def test_an_unusable_cache_folder_gets_no_advice_to_clear(embed, monkeypatch, tm
 def test_cache_clear_leaves_a_busy_cache_alone(cli, embed, tiny_model, monkeypatch):
     """A lock held too long is no damage: an error, and every entry stays."""
     embed(*TEXTS)
-    monkeypatch.setattr(cache_module, "_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_MS", 200)
     holder = sqlite3.connect(default_path(), isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:

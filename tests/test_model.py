@@ -379,17 +379,22 @@ import json, sys
 {first}
 from modernbert_cli.model import ModelSpec, load
 load(ModelSpec(sys.argv[1], device="cpu"))
-after_load = {{name: name in sys.modules for name in ("sklearn", "scipy.optimize")}}
+after_load = {{
+    name: name in sys.modules for name in ("sklearn", "scipy.optimize", "scipy.sparse")
+}}
 import numpy as np
-from sentence_transformers.util import similarity
+import torch
+from sentence_transformers.util import similarity, to_scipy_coo
 from transformers.loss import loss_for_object_detection
 distances = similarity.pairwise_distances(np.array([[0.0, 0.0], [3.0, 4.0]]))
 assignment = loss_for_object_detection.linear_sum_assignment(np.eye(3))
+sparse = to_scipy_coo(torch.eye(2).to_sparse()).toarray()
 import sklearn.metrics
 print(json.dumps({{
     "after_load": after_load,
     "distances": distances.tolist(),
     "assignment": [a.tolist() for a in assignment],
+    "sparse": sparse.tolist(),
     "same": similarity.pairwise_distances is sklearn.metrics.pairwise_distances,
     "real": type(sys.modules["sklearn"]).__name__ == "module"
     and hasattr(sys.modules["sklearn"], "__version__"),
@@ -398,8 +403,8 @@ print(json.dumps({{
 
 
 @pytest.mark.parametrize("first", ["", "import sklearn.metrics"])
-def test_loading_imports_neither_scikit_learn_nor_scipy_optimizers(minilm_path, first):
-    """2.4 s of a 10 s start-up, for names the tool never calls; they work when called."""
+def test_loading_imports_neither_scikit_learn_nor_scipy(minilm_path, first):
+    """2.5 s of a 10 s start-up, for names the tool never calls; they work when called."""
     result = subprocess.run(
         [sys.executable, "-c", LOAD_THEN_CHECK.format(first=first), minilm_path],
         cwd=ROOT,
@@ -411,8 +416,47 @@ def test_loading_imports_neither_scikit_learn_nor_scipy_optimizers(minilm_path, 
     seen = json.loads(result.stdout)
 
     # Imported before the model (it imports SciPy's optimizers too): left as it was.
-    assert seen["after_load"] == {"sklearn": bool(first), "scipy.optimize": bool(first)}
+    assert seen["after_load"] == dict.fromkeys(
+        ("sklearn", "scipy.optimize", "scipy.sparse"), bool(first)
+    )
     assert seen["same"] is bool(first)
     assert seen["real"] is True  # afterwards, `import sklearn` is the real one
     assert seen["distances"] == [[0.0, 5.0], [5.0, 0.0]]
     assert seen["assignment"] == [[0, 1, 2], [2, 0, 1]]
+    assert seen["sparse"] == [[1.0, 0.0], [0.0, 1.0]]
+
+
+SCAN_THEN_LOAD = """
+import json, sys
+import transformers
+from transformers.utils import import_utils
+scan = import_utils.create_import_structure_from_path
+before = scan.cache_info()
+from modernbert_cli.model import ModelSpec, load
+model = load(ModelSpec(sys.argv[1], device="cpu"))
+after = scan.cache_info()
+print(json.dumps({
+    "folders_scanned": after.misses - before.misses,
+    "reused": after.hits - before.hits,
+    "restored": import_utils.create_import_structure_from_path is scan,
+    "dimension": model.get_sentence_embedding_dimension(),
+}))
+"""
+
+
+def test_loading_scans_transformers_model_folders_once(minilm_path):
+    """``import transformers`` scans its ~560 model folders; ``transformers.models`` (0.5 s)
+    takes that scan from transformers' own cache instead of scanning them all again."""
+    result = subprocess.run(
+        [sys.executable, "-c", SCAN_THEN_LOAD, minilm_path],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(result.stdout)
+    assert seen["reused"] >= 1
+    assert seen["folders_scanned"] < 100  # a few models' own folders, not all of them again
+    assert seen["restored"] is True
+    assert seen["dimension"] == 384

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import forbid_model_loading
 
-from modernbert_cli import passages, split_cache, walk
+from modernbert_cli import passages, split_cache, sqlite_file, walk
 from modernbert_cli.passages import Passage, Splitter, Tokens
 from modernbert_cli.split_cache import SplitCache
 
@@ -276,7 +276,7 @@ def test_the_file_stays_within_its_bound(tmp_path, store, old_files):
     for path in files:
         cut(run, path)
     with sqlite3.connect(store) as db:
-        size = split_cache._size(db)
+        size = sqlite_file.used_bytes(db)
         kept = [Path(row[0]).name for row in db.execute("SELECT path FROM files ORDER BY id")]
     assert size <= bound
     assert 0 < len(kept) < len(files)
