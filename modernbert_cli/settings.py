@@ -113,9 +113,9 @@ class Settings:
         "none",
         "--quantize",
         help="int8: int8 Linear layers on a CPU. Measured on AVX2 without VNNI (AMD EPYC, "
-        "2 cores): ModernBERT-base embeds short texts 2.0x faster than "
+        "2 cores): ModernBERT-base embeds short texts 1.8-2.0x faster than "
         "sentence-transformers (float32: 1.2x); a whole embed of 320 of them, start-up "
-        "included, 1.55-1.58x (float32: 1.03-1.11x); cosine to float32 0.992-0.995 on "
+        "included, 1.62-1.64x (float32: 1.10-1.11x); cosine to float32 0.992-0.995 on "
         "MiniLM.",
     )
     trust_remote_code: bool = _setting(
