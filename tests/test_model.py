@@ -402,18 +402,23 @@ print(json.dumps({{
 """
 
 
-@pytest.mark.parametrize("first", ["", "import sklearn.metrics"])
-def test_loading_imports_neither_scikit_learn_nor_scipy(minilm_path, first):
-    """2.5 s of a 10 s start-up, for names the tool never calls; they work when called."""
+def _python_json(script: str, *args: str) -> dict:
+    """What ``script``, run by a fresh Python offline, printed as JSON."""
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_THEN_CHECK.format(first=first), minilm_path],
+        [sys.executable, "-c", script, *args],
         cwd=ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
         check=True,
     )
-    seen = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("first", ["", "import sklearn.metrics"])
+def test_loading_imports_neither_scikit_learn_nor_scipy(minilm_path, first):
+    """2.5 s of a 10 s start-up, for names the tool never calls; they work when called."""
+    seen = _python_json(LOAD_THEN_CHECK.format(first=first), minilm_path)
 
     # Imported before the model (it imports SciPy's optimizers too): left as it was.
     assert seen["after_load"] == dict.fromkeys(
@@ -447,15 +452,7 @@ print(json.dumps({
 def test_loading_scans_transformers_model_folders_once(minilm_path):
     """``import transformers`` scans its ~560 model folders; ``transformers.models`` (0.5 s)
     takes that scan from transformers' own cache instead of scanning them all again."""
-    result = subprocess.run(
-        [sys.executable, "-c", SCAN_THEN_LOAD, minilm_path],
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seen = json.loads(result.stdout)
+    seen = _python_json(SCAN_THEN_LOAD, minilm_path)
     assert seen["reused"] >= 1
     assert seen["folders_scanned"] < 100  # a few models' own folders, not all of them again
     assert seen["restored"] is True
