@@ -378,7 +378,7 @@ class Splitter:
         each name's first (see :func:`modernbert_cli.walk.walk`).
         """
         skip = on_skip or (lambda skipped: None)
-        key = self.key(max_line_bytes) if self.cache is not None and self.identity else None
+        key = self._cache_key(max_line_bytes)
         try:
             for position, name in enumerate(names):
                 path = Path(name)
@@ -410,8 +410,12 @@ class Splitter:
         """The passages of one file, as :meth:`passages` gives them (through the cache):
         ``named``, a file named itself (else one a walk found). What a
         :class:`KeptFile` that a warm server remembered reads."""
-        key = self.key(max_line_bytes) if self.cache is not None and self.identity else None
+        key = self._cache_key(max_line_bytes)
         return self._file(path, on_skip, max_line_bytes, key, strict=named)  # type: ignore[return-value]
+
+    def _cache_key(self, max_line_bytes: int) -> str | None:
+        """The split cache's key for this splitter's cuts, or None when no cache applies."""
+        return self.key(max_line_bytes) if self.cache is not None and self.identity else None
 
     def _stdin(self, stdin: Any, position: int, max_line_bytes: int) -> Iterator[Passage]:
         if stdin is None:
